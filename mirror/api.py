@@ -1,0 +1,124 @@
+"""The Python API: `Mirror.open(config)`, then `.sync()`, `.status()`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from mirror.catalogue import obscore, runs
+from mirror.catalogue.engine import Catalogue
+from mirror.config import Config, load_config
+from mirror.errors import CatalogueError
+from mirror.harvest.harvester import Harvester, Progress, SyncReport
+from mirror.harvest.tap import TapClient
+from mirror.retry import RetryPolicy
+
+
+@dataclass
+class SourceStatus:
+    """One source as `mirror status` shows it."""
+
+    name: str
+    url: str
+    rows: int = 0
+    withdrawn: int = 0
+    last_sync: str | None = None
+    watermark_column: str | None = None
+    watermark: str | None = None
+    runs: int = 0
+    last_status: str | None = None
+    last_errors: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Mirror:
+    """A local mirror described by a config file; opens its catalogue when first needed."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._catalogue: Catalogue | None = None
+
+    @classmethod
+    def open(cls, config_path: str | os.PathLike[str] | None = None) -> Mirror:
+        """Load the config (`--config`, `$MIRROR_CONFIG` or `./mirror.toml`)."""
+        return cls(load_config(config_path))
+
+    def catalogue(self, *, write: bool = True) -> Catalogue:
+        """The catalogue, opened read-write (created and migrated) or read-only."""
+        if self._catalogue is not None and (self._catalogue.read_only is False or not write):
+            return self._catalogue
+        if self._catalogue is not None:
+            self._catalogue.close()
+        self._catalogue = Catalogue.open(self.config.catalogue_path, read_only=not write)
+        if write:
+            with self._catalogue.begin() as conn:
+                runs.mark_interrupted(conn)
+        return self._catalogue
+
+    def init(self) -> str | None:
+        """Create or migrate the catalogue; returns its alembic revision."""
+        return self.catalogue().revision()
+
+    def sync(self, source: str | None = None, *, dry_run: bool = False, full: bool = False,
+             progress: Progress | None = None,
+             policy: RetryPolicy | None = None) -> list[SyncReport]:
+        """Harvest one source, or all of them; one report per source."""
+        chosen = [self.config.source(source)] if source else list(self.config.sources)
+        cat = self.catalogue()
+        reports = []
+        for src in chosen:
+            client = TapClient(src.url, token=src.token(), timeout=src.timeout, mode=src.mode,
+                               policy=policy or RetryPolicy(attempts=src.retries))
+            reports.append(Harvester(cat, src, client, progress).run(dry_run=dry_run, full=full))
+        return reports
+
+    def status(self) -> list[SourceStatus]:
+        """Per configured source: rows, withdrawals, last sync, watermark, runs, errors."""
+        if not self.config.catalogue_path.exists():
+            raise CatalogueError(f"no catalogue at {self.config.catalogue_path} yet",
+                                 "run `mirror init` or `mirror sync` first")
+        cat = self.catalogue(write=False)
+        out = []
+        with cat.begin() as conn:
+            for src in self.config.sources:
+                st = SourceStatus(src.name, src.url)
+                row = runs.get_source(conn, src.name)
+                if row is not None:
+                    st.last_sync = _iso(row.last_sync_at)
+                    st.watermark_column, st.watermark = row.watermark_column, row.cursor_watermark
+                    table = obscore.data_table(src.name)
+                    st.rows, st.withdrawn = conn.execute(sa.text(
+                        f"SELECT count(*) FILTER (WHERE _withdrawn_at IS NULL), "
+                        f"count(*) FILTER (WHERE _withdrawn_at IS NOT NULL) FROM {table}")).one()
+                history = runs.runs(conn, src.name, limit=1_000_000)
+                st.runs = len(history)
+                if history:
+                    st.last_status, st.last_errors = history[0].status, history[0].errors
+                out.append(st)
+        return out
+
+    def runs(self, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The run history, newest first."""
+        with self.catalogue(write=False).begin() as conn:
+            return [dict(r._mapping) for r in runs.runs(conn, source, limit)]
+
+    def close(self) -> None:
+        if self._catalogue is not None:
+            self._catalogue.close()
+            self._catalogue = None
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+

@@ -1,0 +1,165 @@
+"""Opening the DuckDB catalogue: one engine per process, migrations, and who holds the lock.
+
+DuckDB admits one read-write process per file and locks out every other process, readers included.
+The writer leaves a small lock note beside the file (pid, command, start time) so that another
+`mirror` command can say *what* is running instead of showing DuckDB's lock error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.ddl.impl import DefaultImpl
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from mirror.errors import CatalogueBusyError, CatalogueError
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+# The same config for every connection of the process: user queries must not reach files or the
+# network, and DuckDB requires one config per file and process, so the writer is restricted too.
+DUCKDB_CONFIG: dict[str, Any] = {"enable_external_access": False}
+
+
+class DuckDBImpl(DefaultImpl):
+    """Alembic ships no DuckDB implementation; DuckDB speaks close enough to PostgreSQL."""
+
+    __dialect__ = "duckdb"
+
+
+def utcnow() -> datetime:
+    """Naive UTC now: the catalogue stores UTC timestamps without zone, like the services."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Catalogue:
+    """The local catalogue file: an SQLAlchemy engine over one shared DuckDB connection."""
+
+    def __init__(self, path: Path, engine: sa.Engine, read_only: bool) -> None:
+        self.path = path
+        self.engine = engine
+        self.read_only = read_only
+
+    @classmethod
+    def open(cls, path: Path, *, read_only: bool = False, migrate: bool = True) -> Catalogue:
+        """Open (creating and migrating when writable) the catalogue at `path`."""
+        path = Path(path)
+        if read_only and not path.exists():
+            raise CatalogueError(f"no catalogue at {path}",
+                                 "run `mirror init` (or `mirror sync`) to create it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            f"duckdb:///{path}", poolclass=sa.pool.StaticPool,
+            connect_args={"read_only": read_only, "config": dict(DUCKDB_CONFIG)})
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.DBAPIError as exc:
+            engine.dispose()
+            raise _translate_open_error(path, exc) from exc
+        catalogue = cls(path, engine, read_only)
+        if not read_only:
+            _write_lock_note(path)
+            if migrate:
+                catalogue.migrate()
+        elif not catalogue.is_current():
+            catalogue.close()
+            raise CatalogueError(f"the catalogue {path} is from another version of mirror",
+                                 "run `mirror init` to migrate it")
+        return catalogue
+
+    def migrate(self) -> None:
+        """Bring the mirror's own tables to the newest alembic revision."""
+        with self.engine.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def is_current(self) -> bool:
+        return self.revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """One transaction: everything in it is committed together or not at all."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if not self.read_only:
+            _remove_lock_note(self.path)
+
+    def __enter__(self) -> Catalogue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def raw(conn: sa.Connection) -> duckdb.DuckDBPyConnection:
+    """The DuckDB connection under an SQLAlchemy one (for Arrow registration and bulk SQL)."""
+    return conn.connection.dbapi_connection  # type: ignore[return-value]
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _lock_note(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _write_lock_note(path: Path) -> None:
+    note = {"pid": os.getpid(), "command": " ".join(["mirror", *sys.argv[1:]]),
+            "started": utcnow().isoformat(timespec="seconds") + "Z"}
+    _lock_note(path).write_text(json.dumps(note), encoding="utf-8")
+
+
+def _remove_lock_note(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        note = json.loads(_lock_note(path).read_text(encoding="utf-8"))
+        if note.get("pid") == os.getpid():
+            _lock_note(path).unlink()
+
+
+def holder(path: Path) -> dict[str, Any] | None:
+    """Who holds the catalogue, from the lock note, if that process still lives."""
+    try:
+        note = json.loads(_lock_note(path).read_text(encoding="utf-8"))
+        os.kill(int(note["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return note  # type: ignore[no-any-return]
+
+
+def _translate_open_error(path: Path, exc: sa.exc.DBAPIError) -> CatalogueError:
+    text = str(exc.orig)
+    if "lock" in text.lower():
+        note = holder(path)
+        if note:
+            what = f"`{note['command']}` (pid {note['pid']}, since {note['started']})"
+        else:
+            what = "another process"
+        return CatalogueBusyError(
+            f"the catalogue {path} is in use by {what}",
+            "wait for it to finish, or stop it; DuckDB lets only one process open the file")
+    return CatalogueError(f"cannot open the catalogue {path}: {text.splitlines()[0]}",
+                          "check the path in [catalogue] path, and that the file is a DuckDB file")

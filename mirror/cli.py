@@ -1,0 +1,163 @@
+"""The `mirror` command line. Nothing imports this module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from mirror import __version__
+from mirror.api import Mirror
+from mirror.errors import MirrorError
+from mirror.harvest.harvester import SyncReport
+
+err = Console(stderr=True)
+out = Console()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirror", description="A local, complete, incremental mirror of ObsCore archives.")
+    parser.add_argument("--version", action="version", version=f"mirror {__version__}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $MIRROR_CONFIG, else ./mirror.toml)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    fmt.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("init", help="create or migrate the catalogue")
+    sync = sub.add_parser("sync", help="harvest ObsCore metadata from the configured sources")
+    sync.add_argument("source", nargs="?", help="only this source (default: all)")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="report what would change; write nothing")
+    sync.add_argument("--full", action="store_true",
+                      help="ignore the watermark: a full pass over the source")
+    status = sub.add_parser("status", help="per source: rows, last sync, watermark, runs")
+    status.add_argument("--runs", type=int, default=0, metavar="N",
+                        help="also list the last N sync runs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.ERROR if args.quiet else logging.WARNING,
+        format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
+    try:
+        with Mirror.open(args.config) as mirror:
+            return COMMANDS[args.command](mirror, args)
+    except MirrorError as exc:
+        if args.debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            err.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted; committed work is kept, run the command again to resume")
+        return 130
+
+
+def cmd_init(mirror: Mirror, args: argparse.Namespace) -> int:
+    revision = mirror.init()
+    _emit(args, {"catalogue": str(mirror.config.catalogue_path), "revision": revision},
+          f"catalogue {mirror.config.catalogue_path} is at revision {revision}")
+    return 0
+
+
+def cmd_sync(mirror: Mirror, args: argparse.Namespace) -> int:
+    show = not (args.quiet or args.json) and err.is_terminal
+
+    def progress(event: dict[str, Any]) -> None:
+        if show and event["phase"] == "rows":
+            err.print(f"  {event['source']}: {event['rows']:,} rows, {event['windows']} windows, "
+                      f"{event['rate']:,.0f} rows/s", end="\r", highlight=False)
+
+    reports = mirror.sync(args.source, dry_run=args.dry_run, full=args.full, progress=progress)
+    if args.json:
+        out.print_json(json.dumps([_report_dict(r) for r in reports]))
+    elif not args.quiet:
+        for r in reports:
+            _print_report(r)
+    return 0 if all(r.status == "ok" for r in reports) else 1
+
+
+def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
+    states = mirror.status()
+    history = mirror.runs(limit=args.runs) if args.runs else []
+    if args.json:
+        out.print_json(json.dumps({"sources": [s.as_dict() for s in states],
+                                   "runs": history}, default=str))
+        return 0
+    if args.quiet:
+        return 0
+    table = Table(title=f"mirror: {mirror.config.catalogue_path}")
+    for col in ("source", "rows", "withdrawn", "last sync", "watermark", "runs", "last run"):
+        table.add_column(col, justify="right" if col in ("rows", "withdrawn", "runs") else "left")
+    for s in states:
+        wm = f"{s.watermark_column}={s.watermark}" if s.watermark_column else "(row hashing)"
+        last = s.last_status or "-"
+        if s.last_errors:
+            last += f": {s.last_errors.splitlines()[0]}"
+        table.add_row(s.name, f"{s.rows:,}", f"{s.withdrawn:,}", s.last_sync or "never", wm,
+                      str(s.runs), last)
+    out.print(table)
+    if history:
+        runs = Table(title="sync runs")
+        for col in ("run", "source", "started", "status", "kind", "new", "changed",
+                    "withdrawn", "windows", "proof"):
+            runs.add_column(col)
+        for r in history:
+            runs.add_row(str(r["run_id"]), r["source"], str(r["started_at"])[:19], r["status"],
+                         r["kind"], str(r["rows_new"]), str(r["rows_changed"]),
+                         str(r["rows_withdrawn"]), str(r["windows"]),
+                         {True: "ok", False: "FAILED", None: "-"}[r["proof_ok"]])
+        out.print(runs)
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "sync": cmd_sync, "status": cmd_status}
+
+
+def _report_dict(r: SyncReport) -> dict[str, Any]:
+    d = asdict(r)
+    d["would_withdraw"] = r.would_withdraw[:1000]
+    d["rows"] = r.rows
+    return d
+
+
+def _print_report(r: SyncReport) -> None:
+    verb = "would change" if r.dry_run else "synced"
+    colour = "green" if r.status == "ok" else "red"
+    rate = r.rows / r.seconds if r.seconds else 0
+    out.print(f"[{colour}]{r.source}[/]: {verb} ({r.kind}) in {r.seconds:.1f} s: "
+              f"{r.new:,} new, {r.changed + r.reappeared:,} changed, {r.unchanged:,} unchanged, "
+              f"{r.repaired:,} repaired, "
+              f"{len(r.would_withdraw) if r.dry_run else r.withdrawn:,} withdrawn; "
+              f"{r.windows} windows, {rate:,.0f} rows/s", highlight=False)
+    if r.upstream_count is not None and not r.dry_run:
+        proof = "complete" if r.proof_ok else "NOT proven"
+        out.print(f"  service counts {r.upstream_count:,}, mirror holds {r.local_count:,}: "
+                  f"{proof}", highlight=False)
+    for e in r.errors:
+        out.print(f"  [red]error:[/] {e}", highlight=False)
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        out.print_json(json.dumps(data))
+    elif not args.quiet:
+        out.print(text, highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

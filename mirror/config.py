@@ -1,0 +1,230 @@
+"""TOML configuration -> frozen dataclasses, driven by one table of settings.
+
+`SETTINGS` is the single source of truth: validation, defaults and the documentation test
+(every setting must appear in `config.example.toml`) all read it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.errors import ConfigError
+
+ENV_VAR = "MIRROR_CONFIG"
+DEFAULT_FILE = "mirror.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: where it lives, its type, default and a line of help."""
+
+    section: str
+    name: str
+    type: type
+    default: Any
+    help: str
+    example: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+REQUIRED = object()
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("catalogue", "path", str, "data/mirror.duckdb",
+            "DuckDB file of the local catalogue (relative to the config file)",
+            'path = "data/mirror.duckdb"'),
+    Setting("store", "root", str, "data/store",
+            "folder where fetched data products are stored (relative to the config file)",
+            'root = "data/store"'),
+    Setting("source", "name", str, REQUIRED,
+            "short name of the source: letters, digits and '_', used in table names",
+            'name = "eso"'),
+    Setting("source", "url", str, REQUIRED,
+            "base URL of the TAP service", 'url = "https://archive.eso.org/tap_obs"'),
+    Setting("source", "table", str, "ivoa.obscore",
+            "the ObsCore table to mirror, as the service names it", 'table = "ivoa.ObsCore"'),
+    Setting("source", "where", str, "",
+            "optional ADQL condition selecting the rows to mirror",
+            "where = \"obs_collection = 'HARPS'\""),
+    Setting("source", "token_env", str, "",
+            "environment variable holding a bearer token; the token is never stored or logged",
+            'token_env = "ESO_TOKEN"'),
+    Setting("source", "id_column", str, "obs_publisher_did",
+            "column that identifies a record uniquely", 'id_column = "obs_publisher_did"'),
+    Setting("source", "watermark", str, "auto",
+            "modification-time column for incremental syncs; 'auto' detects last_mod_date or "
+            "last_modified, '' forces full passes with row hashing", 'watermark = "auto"'),
+    Setting("source", "page_size", int, 10000,
+            "rows per request; lowered automatically to the service's hard limit",
+            "page_size = 10000"),
+    Setting("source", "mode", str, "sync",
+            "'sync' TAP requests, or 'async' (UWS jobs) for services that prefer them",
+            'mode = "sync"'),
+    Setting("source", "max_withdrawals", int, 1000,
+            "a sync refuses to withdraw more records than this in one pass",
+            "max_withdrawals = 1000"),
+    Setting("source", "timeout", float, 120.0,
+            "seconds to wait for one HTTP answer", "timeout = 120.0"),
+    Setting("source", "retries", int, 6,
+            "attempts on transient failures (connection errors, timeouts, 5xx, 429)",
+            "retries = 6"),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+_SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,40}$")
+_EXAMPLE = """[catalogue]
+path = "data/mirror.duckdb"
+[store]
+root = "data/store"
+[[source]]
+name = "eso"
+url = "https://archive.eso.org/tap_obs\""""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One TAP service to mirror."""
+
+    name: str
+    url: str
+    table: str = "ivoa.obscore"
+    where: str = ""
+    token_env: str = ""
+    id_column: str = "obs_publisher_did"
+    watermark: str = "auto"
+    page_size: int = 10000
+    mode: str = "sync"
+    max_withdrawals: int = 1000
+    timeout: float = 120.0
+    retries: int = 6
+
+    def token(self) -> str | None:
+        """The bearer token from the environment, read at use so it never sits in config."""
+        return os.environ.get(self.token_env) or None if self.token_env else None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, paths already resolved against the config file's folder."""
+
+    catalogue_path: Path
+    store_root: Path
+    sources: tuple[SourceConfig, ...] = field(default_factory=tuple)
+    file: Path | None = None
+
+    def source(self, name: str) -> SourceConfig:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"no source named {name!r} in {self.file}",
+                          f"configured sources: {known}")
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--config FILE`, else `$MIRROR_CONFIG`, else `./mirror.toml`."""
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get(ENV_VAR):
+        path = Path(os.environ[ENV_VAR])
+    else:
+        path = Path(DEFAULT_FILE)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} not found",
+            f"pass --config FILE, set ${ENV_VAR}, or create ./{DEFAULT_FILE}; "
+            "config.example.toml documents every setting")
+    return path.resolve()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a config file; errors name the file, the key and a valid example."""
+    file = find_config(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}", f"a valid file:\n{_EXAMPLE}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read it: {exc.strerror}") from exc
+    return parse_config(data, file)
+
+
+def parse_config(data: dict[str, Any], file: Path) -> Config:
+    """Validate parsed TOML against `SETTINGS`."""
+    unknown_sections = set(data) - {"catalogue", "store", "source"}
+    if unknown_sections:
+        raise ConfigError(f"{file}: unknown section [{sorted(unknown_sections)[0]}]",
+                          "known sections: [catalogue], [store], [[source]]")
+    base = file.parent
+    catalogue = _section(data, "catalogue", file)
+    store = _section(data, "store", file)
+    raw_sources = data.get("source", [])
+    if not isinstance(raw_sources, list):
+        raise ConfigError(f"{file}: 'source' must be a list of tables, written [[source]]",
+                          f"for example:\n{_EXAMPLE}")
+    sources = tuple(SourceConfig(**_section({"source": s}, "source", file)) for s in raw_sources)
+    names = [s.name for s in sources]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{file}: source name {name!r} is used twice",
+                              "give every [[source]] its own name")
+    return Config(catalogue_path=(base / catalogue["path"]).resolve(),
+                  store_root=(base / store["root"]).resolve(), sources=sources, file=file)
+
+
+def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:
+    raw = data.get(section, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: [{section}] must be a table", f"for example:\n{_EXAMPLE}")
+    out: dict[str, Any] = {}
+    for key in raw:
+        if f"{section}.{key}" not in _BY_KEY:
+            names = ", ".join(s.name for s in SETTINGS if s.section == section)
+            raise ConfigError(f"{file}: unknown key {section}.{key}", f"known keys: {names}")
+    for setting in (s for s in SETTINGS if s.section == section):
+        if setting.name not in raw:
+            if setting.default is REQUIRED:
+                raise ConfigError(f"{file}: [{section}] lacks the required key {setting.name!r}",
+                                  f"add e.g. {setting.example}")
+            out[setting.name] = setting.default
+            continue
+        out[setting.name] = _coerce(setting, raw[setting.name], file)
+    if section == "source":
+        _check_source(out, file)
+    return out
+
+
+def _coerce(setting: Setting, value: Any, file: Path) -> Any:
+    if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, setting.type) or isinstance(value, bool) is not (setting.type is bool):
+        raise ConfigError(
+            f"{file}: {setting.key} must be a {setting.type.__name__}, not {value!r}",
+            f"a valid example: {setting.example}")
+    if setting.type in (int, float) and value <= 0 and setting.name != "max_withdrawals":
+        raise ConfigError(f"{file}: {setting.key} must be positive, not {value!r}",
+                          f"a valid example: {setting.example}")
+    return value
+
+
+def _check_source(src: dict[str, Any], file: Path) -> None:
+    if not _SOURCE_NAME.match(src["name"]):
+        raise ConfigError(f"{file}: source.name {src['name']!r} is not a usable name",
+                          "use letters, digits and '_', starting with a letter, e.g. name = \"eso\"")
+    if not re.match(r"^https?://", src["url"]):
+        raise ConfigError(f"{file}: source.url {src['url']!r} of source {src['name']!r} is not "
+                          "an http(s) URL", 'e.g. url = "https://archive.eso.org/tap_obs"')
+    if src["mode"] not in ("sync", "async"):
+        raise ConfigError(f"{file}: source.mode must be 'sync' or 'async', not {src['mode']!r}",
+                          'e.g. mode = "sync"')
+    if src["max_withdrawals"] < 0:
+        raise ConfigError(f"{file}: source.max_withdrawals must be 0 or more",
+                          "e.g. max_withdrawals = 1000")

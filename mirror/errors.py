@@ -1,0 +1,75 @@
+"""The exception tree of `mirror`: every error says what went wrong and what to do next.
+
+    MirrorError
+    ├── ConfigError            the config file is missing, unreadable or has a bad value
+    ├── CatalogueError         the local DuckDB catalogue cannot be used
+    │   └── CatalogueBusyError another process holds the catalogue (DuckDB admits one writer)
+    ├── UpstreamError          a TAP service failed or answered something unusable
+    │   ├── TransientError     worth retrying: connection errors, timeouts, 5xx, 429
+    │   │   └── RateLimitError 429, knows the server's Retry-After
+    │   └── PermanentError     not worth retrying: 4xx, a query the service refuses
+    └── SyncError              a sync ran but could not prove or apply its result
+        └── WithdrawalCapError more records vanished upstream than `max_withdrawals` allows
+
+Foreign exceptions are translated at the edge where they occur, always ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class MirrorError(Exception):
+    """Base of all errors `mirror` raises on purpose; `hint` says what the user can do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class ConfigError(MirrorError):
+    """The configuration is missing, unreadable or has an invalid value."""
+
+
+class CatalogueError(MirrorError):
+    """The local catalogue cannot be opened, migrated or written."""
+
+
+class CatalogueBusyError(CatalogueError):
+    """Another process holds the catalogue read-write."""
+
+
+class UpstreamError(MirrorError):
+    """A TAP service failed or answered something unusable."""
+
+    def __init__(self, message: str, hint: str | None = None, *, url: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message, hint)
+        self.url = url
+        self.status = status
+
+
+class TransientError(UpstreamError):
+    """A failure that may go away: connection error, timeout, 5xx, 429."""
+
+
+class RateLimitError(TransientError):
+    """HTTP 429; `retry_after` is the server's wish in seconds, if it said one."""
+
+    def __init__(self, message: str, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class PermanentError(UpstreamError):
+    """A failure that retrying will not fix (4xx, a refused query)."""
+
+
+class SyncError(MirrorError):
+    """A sync could not prove or apply its result."""
+
+
+class WithdrawalCapError(SyncError):
+    """More records vanished upstream than the source's `max_withdrawals` allows."""

@@ -1,0 +1,1 @@
+"""TAP -> catalogue: metadata discovery, keyset paging, completeness proofs, withdrawals."""

@@ -1,0 +1,370 @@
+"""One sync of one source: keyset pages, a completeness proof, then withdrawals.
+
+Every page is one transaction: its rows, its window record and the advanced cursor commit
+together, so a kill at any instant resumes from the last committed page and ends with the same
+catalogue as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from mirror.catalogue import obscore, runs
+from mirror.catalogue.engine import Catalogue, raw, utcnow
+from mirror.catalogue.obscore import PageCounts
+from mirror.catalogue.types import ColumnSpec
+from mirror.config import SourceConfig
+from mirror.errors import ConfigError, MirrorError, PermanentError, WithdrawalCapError
+from mirror.harvest import plan
+from mirror.harvest.pages import parse_csv, parse_ids
+from mirror.harvest.tap import TapClient
+from mirror.harvest.tap_schema import replicate_tap_schema
+
+log = logging.getLogger("mirror")
+WATERMARK_CANDIDATES = ("last_mod_date", "last_modified")
+REPAIR_BATCH = 200
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class SyncReport:
+    """What one sync of one source did; also what `--json` prints."""
+
+    source: str
+    run_id: int | None = None
+    kind: str = "incremental"
+    status: str = "running"
+    dry_run: bool = False
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    reappeared: int = 0
+    repaired: int = 0
+    withdrawn: int = 0
+    would_withdraw: list[str] = field(default_factory=list)
+    windows: int = 0
+    upstream_count: int | None = None
+    local_count: int | None = None
+    proof_ok: bool | None = None
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.new + self.changed + self.unchanged + self.reappeared
+
+    def add(self, counts: PageCounts) -> None:
+        self.new += counts.new
+        self.changed += counts.changed
+        self.unchanged += counts.unchanged
+        self.reappeared += counts.reappeared
+
+
+def detect_watermark(setting: str, names: Sequence[str]) -> str | None:
+    """The modification column: configured, or the first known one the service has."""
+    by_lower = {n.lower(): n for n in names}
+    if setting == "":
+        return None
+    if setting != "auto":
+        if setting.lower() not in by_lower:
+            raise ConfigError(f"watermark column {setting!r} is not published by the service",
+                              f"use one of its columns, 'auto', or '' (full passes); it has: "
+                              f"{', '.join(names[:12])}...")
+        return by_lower[setting.lower()]
+    return next((by_lower[c] for c in WATERMARK_CANDIDATES if c in by_lower), None)
+
+
+def page_size(configured: int, hardlimit: int | None) -> int:
+    """Rows per request: never above the service's hard limit."""
+    return min(configured, hardlimit) if hardlimit else configured
+
+
+class Harvester:
+    """Sync one source into the catalogue."""
+
+    def __init__(self, catalogue: Catalogue, source: SourceConfig, client: TapClient,
+                 progress: Progress | None = None) -> None:
+        self.cat = catalogue
+        self.src = source
+        self.client = client
+        self.progress = progress or (lambda event: None)
+        self.seen: set[str] = set()
+
+    def run(self, *, dry_run: bool = False, full: bool = False) -> SyncReport:
+        started = time.monotonic()
+        report = SyncReport(self.src.name, dry_run=dry_run)
+        try:
+            self._run(report, dry_run=dry_run, full=full)
+        except MirrorError as exc:
+            report.errors.append(exc.message)
+            report.status = "failed"
+            log.error("sync of %s failed: %s", self.src.name, exc.message)
+        report.seconds = time.monotonic() - started
+        if report.status == "running":
+            report.status = "ok" if not report.errors else "failed"
+        if report.run_id is not None:
+            with self.cat.begin() as conn:
+                runs.finish_run(conn, report.run_id, report.status,
+                                upstream_count=report.upstream_count,
+                                local_count=report.local_count, proof_ok=report.proof_ok,
+                                errors="\n".join(report.errors) or None)
+        return report
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _run(self, report: SyncReport, *, dry_run: bool, full: bool) -> None:
+        specs = self.client.columns(self.src.table)
+        names = [s.name for s in specs]
+        if self.src.id_column not in names:
+            raise ConfigError(f"source {self.src.name!r}: the service has no column "
+                              f"{self.src.id_column!r} in {self.src.table}",
+                              "set id_column to the column that identifies a record")
+        self.specs, self.wm = specs, detect_watermark(self.src.watermark, names)
+        limits = self.client.limits()
+        self.page = page_size(self.src.page_size, limits.hardlimit)
+        self.limit_known = limits.hardlimit is not None
+        tap_schema = replicate_tap_schema(self.client)
+        start = self._prepare(report, tap_schema, dry_run=dry_run, full=full)
+        self._pages(report, start, dry_run=dry_run)
+        if not report.errors:
+            self._prove(report, dry_run=dry_run)
+        self._reconcile_ids(report, dry_run=dry_run)
+        self._count(report)
+
+    def _prepare(self, report: SyncReport, tap_schema: dict[str, list[dict[str, Any]]], *,
+                 dry_run: bool, full: bool) -> plan.Key | None:
+        with self.cat.begin() as conn:
+            row = runs.get_source(conn, self.src.name)
+            fresh = (full or row is None or row.watermark_column != self.wm
+                     or row.table_name != self.src.table)
+            start = None
+            if not fresh and row is not None and row.cursor_id is not None:
+                start = plan.Key(row.cursor_watermark if self.wm else None, row.cursor_id)
+            report.kind = "incremental" if self.wm and start else "full"
+            self.table_exists = row is not None
+            if dry_run:
+                return start
+            obscore.ensure_table(conn, self.src.name, self.specs)
+            self.table_exists = True
+            runs.upsert_source(conn, self.src.name, url=self.src.url, table_name=self.src.table,
+                               data_table=obscore.data_table(self.src.name),
+                               id_column=self.src.id_column, watermark_column=self.wm)
+            if fresh and start is None:
+                runs.set_cursor(conn, self.src.name, None, None)
+            runs.replace_tap_schema(conn, self.src.name, tap_schema)
+            report.run_id = runs.start_run(conn, self.src.name, report.kind)
+        return start
+
+    def _pages(self, report: SyncReport, start: plan.Key | None, *, dry_run: bool) -> None:
+        """Keyset pages from `start` to the end; each page one transaction."""
+        self.windows: list[tuple[plan.Key | None, plan.Key, int]] = []
+        key = start
+        t0 = time.monotonic()
+        while True:
+            query = plan.page_query(self.src.table, [s.name for s in self.specs], self.src.where,
+                                    self.wm, self.src.id_column, key, self.page)
+            try:
+                table = parse_csv(self.client.csv(query, maxrec=self.page), self.specs,
+                                  self.client.url)
+            except MirrorError as exc:
+                report.errors.append(f"page after {key}: {exc.message}")
+                return
+            if table.num_rows == 0:
+                break
+            last = self._last_key(table)
+            counts = self._apply(table, report, dry_run=dry_run, window=(key, last))
+            report.add(counts)
+            self.windows.append((key, last, table.num_rows))
+            report.windows += 1
+            key = last
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            self.progress({"phase": "rows", "source": self.src.name, "rows": report.rows,
+                           "windows": report.windows, "rate": report.rows / elapsed})
+            if table.num_rows < self.page and self.limit_known:
+                break
+        if not dry_run and not self.wm:
+            with self.cat.begin() as conn:  # a completed full pass starts over next time
+                runs.set_cursor(conn, self.src.name, None, None)
+
+    def _apply(self, table: pa.Table, report: SyncReport, *, dry_run: bool,
+               window: tuple[plan.Key | None, plan.Key] | None = None) -> PageCounts:
+        if dry_run:
+            self.seen.update(table.column(self.src.id_column).to_pylist())
+        with self.cat.begin() as conn:
+            obscore.stage_page(conn, self.specs, table)
+            if not self.table_exists:
+                return PageCounts(new=table.num_rows)
+            counts = obscore.apply_page(conn, self.src.name, self.specs, self.src.id_column,
+                                        report.run_id or 0, dry_run=dry_run)
+            if dry_run or report.run_id is None:
+                return counts
+            runs.add_counts(conn, report.run_id, rows_new=counts.new,
+                            rows_changed=counts.changed + counts.reappeared,
+                            rows_unchanged=counts.unchanged)
+            if window is not None:
+                lower, upper = window
+                runs.record_window(conn, report.run_id, report.windows,
+                                   (lower.watermark, lower.id) if lower else None,
+                                   (upper.watermark, upper.id), table.num_rows)
+                if self.wm:
+                    runs.set_cursor(conn, self.src.name, _text(upper.watermark), upper.id)
+                else:
+                    runs.set_cursor(conn, self.src.name, None, upper.id)
+        return counts
+
+    def _last_key(self, table: pa.Table) -> plan.Key:
+        last = table.slice(table.num_rows - 1)
+        wm = last.column(self.wm)[0].as_py() if self.wm else None
+        return plan.Key(wm, last.column(self.src.id_column)[0].as_py())
+
+    def _prove(self, report: SyncReport, *, dry_run: bool) -> None:
+        """Compare each window's rows with the service's own COUNT(*); re-fetch a window once
+        when they differ (a record changed while we paged), then record the proof."""
+        ok = True
+        for seq, (lower, upper, received) in enumerate(self.windows):
+            count = self._window_count(lower, upper)
+            if count != received:
+                log.info("window %d of %s: %d rows received, service counts %d; re-fetching",
+                         seq, self.src.name, received, count)
+                received = self._refetch_window(report, lower, upper, dry_run=dry_run)
+                count = self._window_count(lower, upper)
+            if count != received:
+                ok = False
+                report.errors.append(f"window {seq} ({lower} .. {upper}): received {received} "
+                                     f"rows, the service counts {count}")
+            if not dry_run and report.run_id is not None:
+                with self.cat.begin() as conn:
+                    runs.set_window_count(conn, report.run_id, seq, count, received)
+        report.proof_ok = ok
+
+    def _window_count(self, lower: plan.Key | None, upper: plan.Key) -> int:
+        query = plan.window_count_query(self.src.table, self.src.where, self.wm,
+                                        self.src.id_column, lower, upper)
+        return _scalar(self.client.csv(query))
+
+    def _refetch_window(self, report: SyncReport, lower: plan.Key | None, upper: plan.Key, *,
+                        dry_run: bool) -> int:
+        key, total = lower, 0
+        bound = plan.at_or_before(upper, self.wm, self.src.id_column)
+        where = f"({self.src.where}) AND {bound}" if self.src.where else bound
+        while True:
+            query = plan.page_query(self.src.table, [s.name for s in self.specs], where,
+                                    self.wm, self.src.id_column, key, self.page)
+            table = parse_csv(self.client.csv(query, maxrec=self.page), self.specs,
+                              self.client.url)
+            if table.num_rows == 0:
+                return total
+            report.add(self._apply(table, report, dry_run=dry_run))
+            total += table.num_rows
+            key = self._last_key(table)
+
+    def _reconcile_ids(self, report: SyncReport, *, dry_run: bool) -> None:
+        """Compare ID sets: fetch records missing here, withdraw those gone upstream."""
+        if not self.table_exists:
+            return
+        with self.cat.begin() as conn:
+            conn.exec_driver_sql("CREATE OR REPLACE TEMP TABLE _upstream_ids (id VARCHAR)")
+        start: str | None = None
+        try:
+            while True:
+                query = plan.ids_query(self.src.table, self.src.where, self.src.id_column,
+                                       start, self.page)
+                ids = parse_ids(self.client.csv(query, maxrec=self.page), self.client.url)
+                if len(ids) == 0:
+                    break
+                with self.cat.begin() as conn:
+                    obscore.append_upstream_ids(conn, ids)
+                start = ids[-1].as_py()
+                self.progress({"phase": "ids", "source": self.src.name, "ids": start})
+                if len(ids) < self.page and self.limit_known:
+                    break
+        except MirrorError as exc:
+            report.errors.append(f"ID pass: {exc.message}")
+            return
+        with self.cat.begin() as conn:
+            missing = obscore.missing_ids(conn, self.src.name, self.src.id_column)
+        if dry_run:  # a dry run wrote nothing, so what its pages saw is not "missing"
+            missing = [i for i in missing if i not in self.seen]
+        self._repair(report, missing, dry_run=dry_run)
+        with self.cat.begin() as conn:
+            gone = obscore.vanished_ids(conn, self.src.name, self.src.id_column)
+        self._withdraw(report, gone, dry_run=dry_run)
+
+    def _repair(self, report: SyncReport, ids: list[str], *, dry_run: bool) -> None:
+        names = [s.name for s in self.specs]
+        for i in range(0, len(ids), REPAIR_BATCH):
+            batch = ids[i:i + REPAIR_BATCH]
+            query = plan.rows_by_id_query(self.src.table, names, self.src.where,
+                                          self.src.id_column, batch)
+            try:
+                table = parse_csv(self.client.csv(query), self.specs, self.client.url)
+            except MirrorError as exc:
+                report.errors.append(f"repairing {len(batch)} records: {exc.message}")
+                return
+            counts = self._apply(table, report, dry_run=dry_run)
+            report.repaired += counts.new + counts.changed + counts.reappeared
+            if not dry_run and report.run_id is not None:
+                with self.cat.begin() as conn:
+                    runs.add_counts(conn, report.run_id,
+                                    rows_repaired=counts.new + counts.changed + counts.reappeared)
+
+    def _withdraw(self, report: SyncReport, gone: list[str], *, dry_run: bool) -> None:
+        report.would_withdraw = gone
+        if not gone:
+            return
+        if report.errors:
+            log.warning("%s: %d records look withdrawn, but the pass had errors: none withdrawn",
+                        self.src.name, len(gone))
+            return
+        if len(gone) > self.src.max_withdrawals:
+            err = WithdrawalCapError(
+                f"{len(gone)} records of {self.src.name!r} vanished upstream, more than "
+                f"max_withdrawals = {self.src.max_withdrawals}; none withdrawn",
+                f"check with `mirror sync {self.src.name} --dry-run`, then raise max_withdrawals")
+            report.errors.append(err.message)
+            return
+        if dry_run:
+            return
+        with self.cat.begin() as conn:
+            report.withdrawn = obscore.withdraw(conn, self.src.name, self.src.id_column, gone,
+                                                utcnow())
+            if report.run_id is not None:
+                runs.add_counts(conn, report.run_id, rows_withdrawn=report.withdrawn)
+
+    def _count(self, report: SyncReport) -> None:
+        """Totals: the service's count of the selection against ours, recorded with the run."""
+        try:
+            report.upstream_count = _scalar(self.client.csv(
+                plan.count_query(self.src.table, self.src.where)))
+        except MirrorError as exc:
+            report.errors.append(f"final count: {exc.message}")
+            return
+        if self.table_exists and not report.dry_run:
+            with self.cat.begin() as conn:
+                report.local_count = obscore.active_count(conn, self.src.name)
+                if report.run_id is not None:
+                    conn.execute(sa.text("UPDATE sources SET last_sync_at = :t WHERE name = :n"),
+                                 {"t": utcnow(), "n": self.src.name})
+            if report.local_count != report.upstream_count:
+                report.proof_ok = False
+                report.errors.append(f"the service counts {report.upstream_count} rows, the "
+                                     f"mirror holds {report.local_count}")
+
+
+def _scalar(body: bytes) -> int:
+    lines = [ln for ln in body.decode("utf-8", "replace").splitlines() if ln.strip()]
+    try:
+        return int(float(lines[1].split(",")[0]))
+    except (IndexError, ValueError) as exc:
+        raise PermanentError(f"expected a count, got {body[:200]!r}") from exc
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
