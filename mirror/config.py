@@ -29,6 +29,7 @@ class Setting:
     default: Any
     help: str
     example: str
+    minimum: float | None = None
 
     @property
     def key(self) -> str:
@@ -64,18 +65,43 @@ SETTINGS: tuple[Setting, ...] = (
             "last_modified, '' forces full passes with row hashing", 'watermark = "auto"'),
     Setting("source", "page_size", int, 10000,
             "rows per request; lowered automatically to the service's hard limit",
-            "page_size = 10000"),
+            "page_size = 10000", minimum=1),
     Setting("source", "mode", str, "sync",
             "'sync' TAP requests, or 'async' (UWS jobs) for services that prefer them",
             'mode = "sync"'),
     Setting("source", "max_withdrawals", int, 1000,
             "a sync refuses to withdraw more records than this in one pass",
-            "max_withdrawals = 1000"),
+            "max_withdrawals = 1000", minimum=0),
     Setting("source", "timeout", float, 120.0,
-            "seconds to wait for one HTTP answer", "timeout = 120.0"),
+            "seconds to wait for one HTTP answer", "timeout = 120.0", minimum=0.1),
     Setting("source", "retries", int, 6,
             "attempts on transient failures (connection errors, timeouts, 5xx, 429)",
-            "retries = 6"),
+            "retries = 6", minimum=1),
+    Setting("source", "fetch_where", str, "",
+            "SQL condition over the source's mirrored rows choosing the products to fetch "
+            "('' fetches every current row)", "fetch_where = \"dataproduct_type = 'spectrum'\""),
+    Setting("source", "fetch_ancillary", bool, False,
+            "also fetch DataLink #auxiliary links (e.g. HARPS CCF/BIS files)",
+            "fetch_ancillary = false"),
+    Setting("source", "max_file_mb", float, 0.0,
+            "skip products whose access_estsize exceeds this many MB (0: no cap)",
+            "max_file_mb = 0.0", minimum=0),
+    Setting("source", "max_total_gb", float, 0.0,
+            "select products of this source only up to this many GB in all (0: no cap)",
+            "max_total_gb = 0.0", minimum=0),
+    Setting("store", "layout", str, "{obs_collection}/{dataproduct_type}/{obs_publisher_did|basename}{ext}",
+            "path template of a product in the store, over ObsCore fields",
+            'layout = "{obs_collection}/{instrument_name}/{t_min:%Y/%m/%d}/{obs_publisher_did|basename}{ext}"'),
+    Setting("fetch", "concurrency", int, 16, "downloads running at once", "concurrency = 16",
+            minimum=1),
+    Setting("fetch", "per_host", int, 8, "downloads running at once against one host",
+            "per_host = 8", minimum=1),
+    Setting("fetch", "stall_seconds", float, 30.0,
+            "abort (and later resume) a download that received nothing for this long",
+            "stall_seconds = 30.0", minimum=0.1),
+    Setting("fetch", "retries", int, 5,
+            "attempts per product on transient failures before it is marked failed",
+            "retries = 5", minimum=1),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -105,10 +131,24 @@ class SourceConfig:
     max_withdrawals: int = 1000
     timeout: float = 120.0
     retries: int = 6
+    fetch_where: str = ""
+    fetch_ancillary: bool = False
+    max_file_mb: float = 0.0
+    max_total_gb: float = 0.0
 
     def token(self) -> str | None:
         """The bearer token from the environment, read at use so it never sits in config."""
         return os.environ.get(self.token_env) or None if self.token_env else None
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How products are downloaded (all sources)."""
+
+    concurrency: int = 16
+    per_host: int = 8
+    stall_seconds: float = 30.0
+    retries: int = 5
 
 
 @dataclass(frozen=True)
@@ -119,6 +159,8 @@ class Config:
     store_root: Path
     sources: tuple[SourceConfig, ...] = field(default_factory=tuple)
     file: Path | None = None
+    layout: str = "{obs_collection}/{dataproduct_type}/{obs_publisher_did|basename}{ext}"
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -159,10 +201,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], file: Path) -> Config:
     """Validate parsed TOML against `SETTINGS`."""
-    unknown_sections = set(data) - {"catalogue", "store", "source"}
+    unknown_sections = set(data) - {"catalogue", "store", "fetch", "source"}
     if unknown_sections:
         raise ConfigError(f"{file}: unknown section [{sorted(unknown_sections)[0]}]",
-                          "known sections: [catalogue], [store], [[source]]")
+                          "known sections: [catalogue], [store], [fetch], [[source]]")
     base = file.parent
     catalogue = _section(data, "catalogue", file)
     store = _section(data, "store", file)
@@ -177,7 +219,8 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
             raise ConfigError(f"{file}: source name {name!r} is used twice",
                               "give every [[source]] its own name")
     return Config(catalogue_path=(base / catalogue["path"]).resolve(),
-                  store_root=(base / store["root"]).resolve(), sources=sources, file=file)
+                  store_root=(base / store["root"]).resolve(), sources=sources, file=file,
+                  layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)))
 
 
 def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:
@@ -209,9 +252,9 @@ def _coerce(setting: Setting, value: Any, file: Path) -> Any:
         raise ConfigError(
             f"{file}: {setting.key} must be a {setting.type.__name__}, not {value!r}",
             f"a valid example: {setting.example}")
-    if setting.type in (int, float) and value <= 0 and setting.name != "max_withdrawals":
-        raise ConfigError(f"{file}: {setting.key} must be positive, not {value!r}",
-                          f"a valid example: {setting.example}")
+    if setting.minimum is not None and value < setting.minimum:
+        raise ConfigError(f"{file}: {setting.key} must be at least {setting.minimum}, "
+                          f"not {value!r}", f"a valid example: {setting.example}")
     return value
 
 
@@ -225,6 +268,3 @@ def _check_source(src: dict[str, Any], file: Path) -> None:
     if src["mode"] not in ("sync", "async"):
         raise ConfigError(f"{file}: source.mode must be 'sync' or 'async', not {src['mode']!r}",
                           'e.g. mode = "sync"')
-    if src["max_withdrawals"] < 0:
-        raise ConfigError(f"{file}: source.max_withdrawals must be 0 or more",
-                          "e.g. max_withdrawals = 1000")

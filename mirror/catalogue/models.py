@@ -123,3 +123,28 @@ TAP_SCHEMA_REPLICAS = {
     "schemas": tap_schemas, "tables": tap_tables, "columns": tap_columns,
     "keys": tap_keys, "key_columns": tap_key_columns,
 }
+
+products = sa.Table(
+    "products", metadata,
+    sa.Column("source", sa.String, primary_key=True),
+    sa.Column("product_id", sa.String, primary_key=True),
+    sa.Column("role", sa.String, primary_key=True),
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("access_url", sa.String),
+    sa.Column("access_format", sa.String),
+    sa.Column("url", sa.String),
+    sa.Column("path", sa.String),
+    sa.Column("estimated_size", sa.BigInteger),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("sha256", sa.String),
+    sa.Column("content_type", sa.String),
+    sa.Column("last_modified", sa.String),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("embargo_until", sa.DateTime),
+    sa.Column("selected_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("fetched_at", sa.DateTime),
+    comment="the data products chosen for fetching and their state "
+            "(pending, done, failed, embargoed, withdrawn)",
+)
