@@ -90,7 +90,10 @@ class ReplayServer:
             self.stats["unknown"] += 1
             return error_answer(f"no recorded answer for {key[0][:200]!r}", 400)
         with self._lock:  # one live answer at a time: a DuckDB connection is not shared
-            found = self.responses.get(key) or self.answerer(*key)
+            try:
+                found = self.responses.get(key) or self.answerer(*key)
+            except Exception as exc:  # noqa: BLE001 - a broken answer is the client's 500
+                return error_answer(f"{type(exc).__name__}: {exc}", 500)
             if found.status == 200:
                 self.responses[key] = found
         self.stats["live"] += 1
@@ -192,11 +195,14 @@ def csv_body(conn: duckdb.DuckDBPyConnection, table: pa.Table) -> bytes:
 
 def _guess(name: str, typ: pa.DataType) -> FieldInfo:
     """A FIELD for a result column nobody described, from its Arrow type."""
-    for test, datatype in ((pa.types.is_int16, "short"), (pa.types.is_int32, "int"),
-                           (pa.types.is_int64, "long"), (pa.types.is_float32, "float"),
-                           (pa.types.is_float64, "double"), (pa.types.is_boolean, "boolean")):
-        if test(typ):
-            return FieldInfo(name, datatype, None)
+    for test, datatype, null in ((pa.types.is_int16, "short", -(2**15)),
+                                 (pa.types.is_int32, "int", -(2**31)),
+                                 (pa.types.is_int64, "long", -(2**63)),
+                                 (pa.types.is_float32, "float", None),
+                                 (pa.types.is_float64, "double", None),
+                                 (pa.types.is_boolean, "boolean", None)):
+        if test(typ):  # integers need a VALUES null for their NULLs
+            return FieldInfo(name, datatype, None, null=None if null is None else str(null))
     return FieldInfo(name, xtype="timestamp" if pa.types.is_timestamp(typ) else None)
 
 

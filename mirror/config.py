@@ -37,6 +37,7 @@ class Setting:
 
 
 REQUIRED = object()
+DEFAULT_LAYOUT = "{obs_collection}/{dataproduct_type}/{obs_publisher_did|basename}{ext}"
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("catalogue", "path", str, "data/mirror.duckdb",
@@ -89,9 +90,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("source", "max_total_gb", float, 0.0,
             "select products of this source only up to this many GB in all (0: no cap)",
             "max_total_gb = 0.0", minimum=0),
-    Setting("store", "layout", str, "{obs_collection}/{dataproduct_type}/{obs_publisher_did|basename}{ext}",
+    Setting("store", "layout", str, DEFAULT_LAYOUT,
             "path template of a product in the store, over ObsCore fields",
-            'layout = "{obs_collection}/{instrument_name}/{t_min:%Y/%m/%d}/{obs_publisher_did|basename}{ext}"'),
+            'layout = "{obs_collection}/{instrument_name}/{t_min:%Y/%m/%d}/'
+            '{obs_publisher_did|basename}{ext}"'),
     Setting("fetch", "concurrency", int, 16, "downloads running at once", "concurrency = 16",
             minimum=1),
     Setting("fetch", "per_host", int, 8, "downloads running at once against one host",
@@ -159,7 +161,7 @@ class Config:
     store_root: Path
     sources: tuple[SourceConfig, ...] = field(default_factory=tuple)
     file: Path | None = None
-    layout: str = "{obs_collection}/{dataproduct_type}/{obs_publisher_did|basename}{ext}"
+    layout: str = DEFAULT_LAYOUT
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def source(self, name: str) -> SourceConfig:
@@ -261,7 +263,8 @@ def _coerce(setting: Setting, value: Any, file: Path) -> Any:
 def _check_source(src: dict[str, Any], file: Path) -> None:
     if not _SOURCE_NAME.match(src["name"]):
         raise ConfigError(f"{file}: source.name {src['name']!r} is not a usable name",
-                          "use letters, digits and '_', starting with a letter, e.g. name = \"eso\"")
+                          "use letters, digits and '_', starting with a letter, "
+                          'e.g. name = "eso"')
     if not re.match(r"^https?://", src["url"]):
         raise ConfigError(f"{file}: source.url {src['url']!r} of source {src['name']!r} is not "
                           "an http(s) URL", 'e.g. url = "https://archive.eso.org/tap_obs"')

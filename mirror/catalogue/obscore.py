@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from mirror.catalogue.engine import raw, utcnow
 from mirror.catalogue.models import source_columns
-from mirror.errors import SyncError
 from mirror.catalogue.types import ColumnSpec, load_expression, local_type
+from mirror.errors import SyncError
 
 BOOKKEEPING = ("_row_hash", "_withdrawn_at", "_run_id", "_updated_at")
 SOURCE_COLUMN = "mirror_source"
@@ -70,7 +70,8 @@ def ensure_table(conn: sa.Connection, source: str, specs: Sequence[ColumnSpec]) 
                 f"({old.local_type} -> {local_type(spec)})",
                 f"rebuild the source: `mirror sync {source} --full --rebuild`")
         if old is None and existing:
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {q(spec.name)} {local_type(spec)}")
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} ADD COLUMN {q(spec.name)} {local_type(spec)}")
         values = dict(position=pos, datatype=spec.datatype, arraysize=spec.arraysize,
                       xtype=spec.xtype, unit=spec.unit, ucd=spec.ucd, utype=spec.utype,
                       description=spec.description, null_value=spec.null_value,

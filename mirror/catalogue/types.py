@@ -46,7 +46,8 @@ class ColumnSpec:
 
     @property
     def is_array(self) -> bool:
-        return self.datatype not in ("char", "unicodeChar") and self.arraysize not in (None, "", "1")
+        text = self.datatype in ("char", "unicodeChar")
+        return not text and self.arraysize not in (None, "", "1")
 
 
 def local_type(col: ColumnSpec) -> str:

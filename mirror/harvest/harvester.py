@@ -17,9 +17,8 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from mirror.catalogue import obscore, runs
-from mirror.catalogue.engine import Catalogue, raw, utcnow
+from mirror.catalogue.engine import Catalogue, utcnow
 from mirror.catalogue.obscore import PageCounts
-from mirror.catalogue.types import ColumnSpec
 from mirror.config import SourceConfig
 from mirror.errors import ConfigError, MirrorError, PermanentError, WithdrawalCapError
 from mirror.harvest import plan

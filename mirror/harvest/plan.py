@@ -84,8 +84,8 @@ def page_query(table: str, columns: Sequence[str], where: str, watermark: str | 
 def window_count_query(table: str, where: str, watermark: str | None, id_column: str,
                        lower: Key | None, upper: Key) -> str:
     """The service's own count of the rows in the window (lower, upper]."""
-    return (f"SELECT COUNT(*) AS n FROM {table}"
-            f"{_where(where, after(lower, watermark, id_column), at_or_before(upper, watermark, id_column))}")
+    window = (after(lower, watermark, id_column), at_or_before(upper, watermark, id_column))
+    return f"SELECT COUNT(*) AS n FROM {table}{_where(where, *window)}"
 
 
 def count_query(table: str, where: str) -> str:
