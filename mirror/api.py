@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from mirror.catalogue import obscore, runs
+from mirror.catalogue import obscore, products, runs
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config, load_config
 from mirror.errors import CatalogueError
+from mirror.fetch.audit import AuditReport, audit
+from mirror.fetch.fetcher import Fetcher, FetchReport
 from mirror.harvest.harvester import Harvester, Progress, SyncReport
 from mirror.harvest.tap import TapClient
 from mirror.retry import RetryPolicy
+from mirror.store.files import Store
 
 
 @dataclass
@@ -31,6 +34,8 @@ class SourceStatus:
     runs: int = 0
     last_status: str | None = None
     last_errors: str | None = None
+    products: dict[str, int] = field(default_factory=dict)
+    product_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +82,19 @@ class Mirror:
             reports.append(Harvester(cat, src, client, progress).run(dry_run=dry_run, full=full))
         return reports
 
+    def fetch(self, source: str | None = None, *, retry_failed: bool = False,
+              progress: Progress | None = None,
+              policy: RetryPolicy | None = None) -> list[FetchReport]:
+        """Download the selected, not yet stored products of one source or all of them."""
+        chosen = [self.config.source(source)] if source else list(self.config.sources)
+        cat = self.catalogue()
+        return [Fetcher(cat, self.config, src, progress=progress, policy=policy)
+                .run(retry_failed=retry_failed) for src in chosen]
+
+    def verify(self, *, repair: bool = True) -> AuditReport:
+        """Re-check the store against the catalogue (and repair unless told not to)."""
+        return audit(self.catalogue(), Store(self.config.store_root), repair=repair)
+
     def status(self) -> list[SourceStatus]:
         """Per configured source: rows, withdrawals, last sync, watermark, runs, errors."""
         if not self.config.catalogue_path.exists():
@@ -85,6 +103,7 @@ class Mirror:
         cat = self.catalogue(write=False)
         out = []
         with cat.begin() as conn:
+            stored = products.counts(conn)
             for src in self.config.sources:
                 st = SourceStatus(src.name, src.url)
                 row = runs.get_source(conn, src.name)
@@ -99,6 +118,9 @@ class Mirror:
                 st.runs = len(history)
                 if history:
                     st.last_status, st.last_errors = history[0].status, history[0].errors
+                by_state = stored.get(src.name, {})
+                st.products = {state: n for state, (n, _) in by_state.items()}
+                st.product_bytes = by_state.get("done", (0, 0))[1]
                 out.append(st)
         return out
 

@@ -17,7 +17,9 @@ from rich.table import Table
 from mirror import __version__
 from mirror.api import Mirror
 from mirror.errors import MirrorError
+from mirror.fetch.fetcher import FetchReport
 from mirror.harvest.harvester import SyncReport
+from mirror.progress import fetch_progress
 
 err = Console(stderr=True)
 out = Console()
@@ -41,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="report what would change; write nothing")
     sync.add_argument("--full", action="store_true",
                       help="ignore the watermark: a full pass over the source")
+    sync.add_argument("--fetch", action="store_true",
+                      help="then fetch the newly selected products (as `mirror fetch`)")
+    fetch = sub.add_parser("fetch", help="download the selected products into the store")
+    fetch.add_argument("source", nargs="?", help="only this source (default: all)")
+    fetch.add_argument("--retry-failed", action="store_true",
+                       help="try products that failed before again")
+    verify = sub.add_parser("verify", help="re-check the store against the catalogue")
+    verify.add_argument("--no-repair", action="store_true",
+                        help="only report; do not quarantine, re-queue or adopt")
     status = sub.add_parser("status", help="per source: rows, last sync, watermark, runs")
     status.add_argument("--runs", type=int, default=0, metavar="N",
                         help="also list the last N sync runs")
@@ -83,12 +94,63 @@ def cmd_sync(mirror: Mirror, args: argparse.Namespace) -> int:
                       f"{event['rate']:,.0f} rows/s", end="\r", highlight=False)
 
     reports = mirror.sync(args.source, dry_run=args.dry_run, full=args.full, progress=progress)
-    if args.json:
+    if args.json and not args.fetch:
         out.print_json(json.dumps([_report_dict(r) for r in reports]))
-    elif not args.quiet:
+    elif not args.quiet and not args.json:
         for r in reports:
             _print_report(r)
+    ok = all(r.status == "ok" for r in reports)
+    if args.fetch and not args.dry_run:
+        fetched = _fetch(mirror, args.source, False, args)
+        if args.json:
+            out.print_json(json.dumps({"sync": [_report_dict(r) for r in reports],
+                                       "fetch": [asdict(f) for f in fetched]}))
+        ok = ok and all(f.status == "ok" for f in fetched)
+    return 0 if ok else 1
+
+
+def cmd_fetch(mirror: Mirror, args: argparse.Namespace) -> int:
+    reports = _fetch(mirror, args.source, args.retry_failed, args)
+    if args.json:
+        out.print_json(json.dumps([asdict(r) for r in reports]))
     return 0 if all(r.status == "ok" for r in reports) else 1
+
+
+def _fetch(mirror: Mirror, source: str | None, retry_failed: bool,
+           args: argparse.Namespace) -> list[FetchReport]:
+    show = not (args.quiet or args.json)
+    with fetch_progress(err, enabled=show and err.is_terminal) as progress:
+        reports = mirror.fetch(source, retry_failed=retry_failed, progress=progress)
+    if show:
+        for r in reports:
+            colour = "green" if r.status == "ok" else "red"
+            rate = r.bytes / r.seconds / 1e6 if r.seconds else 0
+            out.print(f"[{colour}]{r.source}[/]: fetched {r.done:,} products "
+                      f"({r.bytes / 1e6:,.1f} MB, {rate:,.1f} MB/s) in {r.seconds:.1f} s; "
+                      f"{r.adopted:,} adopted, {r.failed:,} failed, {r.embargoed:,} embargoed, "
+                      f"{r.skipped:,} skipped by caps, {r.withdrawn:,} newly withdrawn",
+                      highlight=False)
+            for e in r.errors[:20]:
+                out.print(f"  [red]error:[/] {e}", highlight=False)
+    return reports
+
+
+def cmd_verify(mirror: Mirror, args: argparse.Namespace) -> int:
+    report = mirror.verify(repair=not args.no_repair)
+    if args.json:
+        out.print_json(json.dumps(asdict(report)))
+    elif not args.quiet:
+        action = "" if report.repaired else " (report only)"
+        out.print(f"checked {report.checked:,} stored products{action}: {report.ok:,} ok, "
+                  f"{len(report.missing):,} missing (re-queued), {len(report.corrupt):,} corrupt "
+                  f"(quarantined, re-queued), {len(report.adopted):,} adopted, "
+                  f"{len(report.unknown):,} unknown files, {report.partials:,} partial downloads",
+                  highlight=False)
+        for path in report.corrupt[:20]:
+            out.print(f"  [red]corrupt:[/] {path}", highlight=False)
+        for path in report.unknown[:20]:
+            out.print(f"  [yellow]unknown:[/] {path}", highlight=False)
+    return 0 if not (report.missing or report.corrupt) else 1
 
 
 def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
@@ -101,15 +163,19 @@ def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
     if args.quiet:
         return 0
     table = Table(title=f"mirror: {mirror.config.catalogue_path}")
-    for col in ("source", "rows", "withdrawn", "last sync", "watermark", "runs", "last run"):
+    for col in ("source", "rows", "withdrawn", "last sync", "watermark", "runs", "last run",
+                "products"):
         table.add_column(col, justify="right" if col in ("rows", "withdrawn", "runs") else "left")
     for s in states:
         wm = f"{s.watermark_column}={s.watermark}" if s.watermark_column else "(row hashing)"
         last = s.last_status or "-"
         if s.last_errors:
             last += f": {s.last_errors.splitlines()[0]}"
+        stored = ", ".join(f"{n:,} {state}" for state, n in sorted(s.products.items()))
+        if s.product_bytes:
+            stored += f" ({s.product_bytes / 1e6:,.1f} MB stored)"
         table.add_row(s.name, f"{s.rows:,}", f"{s.withdrawn:,}", s.last_sync or "never", wm,
-                      str(s.runs), last)
+                      str(s.runs), last, stored or "-")
     out.print(table)
     if history:
         runs = Table(title="sync runs")
@@ -125,7 +191,8 @@ def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "sync": cmd_sync, "status": cmd_status}
+COMMANDS = {"init": cmd_init, "sync": cmd_sync, "fetch": cmd_fetch, "verify": cmd_verify,
+            "status": cmd_status}
 
 
 def _report_dict(r: SyncReport) -> dict[str, Any]:

@@ -7,9 +7,13 @@
     ├── UpstreamError          a TAP service failed or answered something unusable
     │   ├── TransientError     worth retrying: connection errors, timeouts, 5xx, 429
     │   │   └── RateLimitError 429, knows the server's Retry-After
-    │   └── PermanentError     not worth retrying: 4xx, a query the service refuses
-    └── SyncError              a sync ran but could not prove or apply its result
-        └── WithdrawalCapError more records vanished upstream than `max_withdrawals` allows
+    │   ├── PermanentError     not worth retrying: 4xx, a query the service refuses
+    │   └── AuthError          the archive refused the token or sent a login page
+    ├── SyncError              a sync ran but could not prove or apply its result
+    │   └── WithdrawalCapError more records vanished upstream than `max_withdrawals` allows
+    └── StoreError             the product store cannot place, keep or hand out a file
+        ├── UnsafePathError    a path would leave the store root (hostile or broken name)
+        └── CollisionError     a different file already sits at the target path
 
 Foreign exceptions are translated at the edge where they occur, always ``raise ... from exc``.
 """
@@ -73,3 +77,30 @@ class SyncError(MirrorError):
 
 class WithdrawalCapError(SyncError):
     """More records vanished upstream than the source's `max_withdrawals` allows."""
+
+
+class AuthError(UpstreamError):
+    """The archive refused our credentials (or sent a login page): stop, store nothing."""
+
+
+class StoreError(MirrorError):
+    """The product store cannot write, move or read a file (disk full, permissions, ...)."""
+
+    def __init__(self, message: str, hint: str | None = None, *,
+                 path: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.path = path
+
+
+class UnsafePathError(StoreError):
+    """A relative path would leave the store root: a bug or a hostile name, never retried."""
+
+
+class CollisionError(StoreError):
+    """A different file already sits at the target path; `existing`/`incoming` are sha256s."""
+
+    def __init__(self, message: str, hint: str | None = None, *, path: str | None = None,
+                 existing: str | None = None, incoming: str | None = None) -> None:
+        super().__init__(message, hint, path=path)
+        self.existing = existing
+        self.incoming = incoming

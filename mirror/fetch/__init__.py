@@ -1,0 +1,1 @@
+"""access_url -> store: DataLink, resumable downloads, verification, recorded in the catalogue."""

@@ -1,0 +1,294 @@
+"""Fetch the selected products of one source into the store.
+
+select (queue new and changed records) -> resolve (DataLink #this) -> download (parallel,
+resumable) -> verify (size, content, FITS checksums) -> commit (temp file in the target folder,
+fsync, rename, fsync folder) -> record (batched). A kill at any instant leaves either no file or
+a complete verified one; a file committed but not yet recorded is adopted on the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import sqlalchemy as sa
+
+from mirror.catalogue import products
+from mirror.catalogue.engine import Catalogue, utcnow
+from mirror.config import Config, SourceConfig
+from mirror.errors import AuthError, MirrorError
+from mirror.fetch import datalink
+from mirror.fetch.select import select
+from mirror.fetch.transport import Download, Outcome, Transport
+from mirror.http import make_session
+from mirror.retry import RetryPolicy
+from mirror.store.files import Store
+from mirror.store.layout import sanitise_component
+from mirror.store.verify import verify_file
+
+log = logging.getLogger("mirror")
+Progress = Callable[[dict[str, Any]], None]
+RECORD_EVERY = 0.5  # seconds between catalogue commits while downloading
+
+
+@dataclass
+class FetchReport:
+    """What one fetch of one source did; also what `--json` prints."""
+
+    source: str
+    queued: int = 0
+    skipped: int = 0
+    done: int = 0
+    adopted: int = 0
+    failed: int = 0
+    embargoed: int = 0
+    withdrawn: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    status: str = "ok"
+
+
+@dataclass
+class _Job:
+    row: sa.Row[Any]
+    rel: PurePosixPath
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"source": self.row.source, "product_id": self.row.product_id,
+                "role": self.row.role}
+
+
+class Fetcher:
+    """Fetch one source's selected products."""
+
+    def __init__(self, catalogue: Catalogue, config: Config, source: SourceConfig, *,
+                 transport: Transport | None = None, session: requests.Session | None = None,
+                 policy: RetryPolicy | None = None, progress: Progress | None = None,
+                 now: Callable[[], datetime] = utcnow) -> None:
+        self.cat = catalogue
+        self.config = config
+        self.src = source
+        self.store = Store(config.store_root)
+        self.token = source.token()
+        self.host = urlsplit(source.url).hostname
+        self.session = session or make_session(source.url, self.token)
+        self.policy = policy or RetryPolicy(attempts=config.fetch.retries)
+        self.transport = transport or Transport(
+            concurrency=config.fetch.concurrency, per_host=config.fetch.per_host,
+            low_speed_time=config.fetch.stall_seconds)
+        self.progress = progress or (lambda event: None)
+        self.now = now
+
+    def run(self, *, retry_failed: bool = False) -> FetchReport:
+        started = time.monotonic()
+        report = FetchReport(self.src.name)
+        try:
+            with self.cat.begin() as conn:
+                sel = select(conn, self.config, self.src, retry_failed=retry_failed)
+                report.queued, report.skipped, report.withdrawn = (
+                    sel.queued, sel.skipped, sel.withdrawn)
+                report.errors.extend(sel.errors)
+            self._resolve(report)
+            self._download(report)
+        except AuthError as exc:
+            report.errors.append(str(exc))
+            report.status = "failed"
+        except MirrorError as exc:
+            report.errors.append(exc.message)
+            report.status = "failed"
+        report.seconds = time.monotonic() - started
+        if report.failed and report.status == "ok":
+            report.status = "incomplete"
+        return report
+
+    # -- resolution ---------------------------------------------------------------------------
+
+    def _resolve(self, report: FetchReport) -> None:
+        with self.cat.begin() as conn:
+            todo = [r for r in products.pending(conn, self.src.name) if r.url is None]
+        if not todo:
+            return
+        self.progress({"phase": "resolve", "source": self.src.name, "total": len(todo)})
+        links = datalink.resolve([(r.product_id, r.access_url) for r in todo], self.session,
+                                 self.policy)
+        changes, aux = [], []
+        for r in todo:
+            found = links.get(r.product_id) or datalink.Links(error="not resolved")
+            if found.this:
+                changes.append(_outcome(r, state="pending", url=found.this,
+                                        content_type=found.content_type))
+                if self.src.fetch_ancillary:
+                    aux.extend(_aux_rows(r, found.auxiliary))
+            else:
+                changes.append(_outcome(r, state="failed", attempts=r.attempts + 1,
+                                        last_error=f"DataLink: {found.error}"))
+                report.failed += 1
+        with self.cat.begin() as conn:
+            products.update(conn, changes)
+            products.queue(conn, self.src.name, aux)
+
+    # -- downloads ----------------------------------------------------------------------------
+
+    def _download(self, report: FetchReport) -> None:
+        """Passes over the pending products; transient failures wait and go again."""
+        for attempt in range(1, self.config.fetch.retries + 1):
+            with self.cat.begin() as conn:
+                rows = [r for r in products.pending(conn, self.src.name) if r.url]
+            if not rows:
+                return
+            jobs = [_Job(r, PurePosixPath(r.path)) for r in rows]
+            retry_after = self._pass(jobs, report, final=attempt == self.config.fetch.retries)
+            if retry_after is None:
+                return
+            wait = self.policy.delay(attempt, retry_after)
+            log.info("%s: retrying transient failures in %.1f s", self.src.name, wait)
+            self.policy.sleep(wait)
+
+    def _pass(self, jobs: list[_Job], report: FetchReport, *, final: bool) -> float | None:
+        """One pass; returns a Retry-After hint (0 if none) when something should be retried."""
+        pending_changes: list[dict[str, Any]] = []
+        last_commit = time.monotonic()
+        retry: float | None = None
+        total = len(jobs)
+        for n, (job, outcome) in enumerate(self._transfers(jobs, report), start=1):
+            change, again = self._judge(job, outcome, report, final=final)
+            pending_changes.append(change)
+            if again:
+                retry = max(retry or 0.0, outcome.retry_after or 0.0) if outcome else 0.0
+            if time.monotonic() - last_commit > RECORD_EVERY:
+                self._record(pending_changes)
+                pending_changes, last_commit = [], time.monotonic()
+            self.progress({"phase": "fetch", "source": self.src.name, "done": n,
+                           "total": total, "bytes": report.bytes})
+        self._record(pending_changes)
+        return retry
+
+    def _transfers(self, jobs: list[_Job],
+                   report: FetchReport) -> Iterator[tuple[_Job, Outcome | None]]:
+        """Adopt files already in place (committed before a crash), download the rest."""
+        by_key: dict[int, _Job] = {}
+        downloads = []
+        for i, job in enumerate(jobs):
+            if self.store.exists(job.rel) and job.row.sha256 is None:
+                report.adopted += 1
+                yield job, None
+                continue
+            dest = self.store.temp_path(job.rel)
+            resume = dest.stat().st_size if dest.exists() else 0
+            by_key[i] = job
+            downloads.append(Download(key=i, url=job.row.url, dest=dest, resume_from=resume,
+                                      validator=job.row.last_modified if resume else None,
+                                      headers=self._auth(job.row.url)))
+        for outcome in self.transport.run(downloads):
+            yield by_key[outcome.key], outcome  # type: ignore[index]
+
+    def _auth(self, url: str) -> dict[str, str]:
+        if self.token and urlsplit(url).hostname == self.host:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
+
+    def _judge(self, job: _Job, out: Outcome | None, report: FetchReport, *,
+               final: bool) -> tuple[dict[str, Any], bool]:
+        """Turn a transfer's outcome into the product's new state; True: try again later."""
+        row = job.row
+        if out is None:  # adopt a file that reached its place before the crash
+            return self._verify_and_commit(job, self.store.resolve(job.rel), None, report,
+                                           adopt=True)
+        if out.error is None and out.status is not None and out.status < 300:
+            return self._verify_and_commit(job, self.store.temp_path(job.rel), out, report)
+        validator = out.headers.get("last-modified") or out.headers.get("etag")
+        if out.status == 401:
+            release = self._release(row)
+            if release is not None and release > self.now():
+                report.embargoed += 1
+                self._drop_partial(job)
+                return _outcome(row, state="embargoed", embargo_until=release,
+                                last_error=f"embargoed until {release:%Y-%m-%d}"), False
+            if self.token:
+                raise AuthError(
+                    f"{urlsplit(out.url).hostname} refused the token in ${self.src.token_env} "
+                    "(HTTP 401)", f"renew the token and run `mirror fetch {self.src.name}` again")
+        if out.transient and not final:
+            return _outcome(row, state="pending", attempts=row.attempts + 1,
+                            last_modified=validator, last_error=out.error), True
+        report.failed += 1
+        self._drop_partial(job) if not out.transient else None
+        reason = out.error or f"HTTP {out.status}"
+        return _outcome(row, state="failed", attempts=row.attempts + 1, last_modified=validator,
+                        last_error=reason), False
+
+    def _verify_and_commit(self, job: _Job, path: Path, out: Outcome | None,
+                           report: FetchReport, adopt: bool = False) -> tuple[dict[str, Any], bool]:
+        row = job.row
+        content_type = out.headers.get("content-type") if out else row.content_type
+        verdict = verify_file(path, expected_size=out.expected_size if out else None,
+                              content_type=content_type,
+                              access_format=row.content_type or row.access_format,
+                              sha256=out.sha256 if out else None)
+        if not verdict.ok:
+            if verdict.kind == "html" and self.token:
+                path.unlink(missing_ok=True)
+                raise AuthError(
+                    f"{urlsplit(row.url).hostname} sent an HTML page instead of data for "
+                    f"{row.product_id}: the token in ${self.src.token_env} has probably expired",
+                    "renew the token; nothing bad was stored")
+            if adopt:  # not what we want in place: quarantine, then download again
+                self.store.quarantine(job.rel, verdict.reason)
+                return _outcome(row, state="pending", last_error=verdict.reason), True
+            path.unlink(missing_ok=True)
+            transient = verdict.kind in ("truncated", "size-mismatch")
+            if transient and row.attempts + 1 < self.config.fetch.retries:
+                return _outcome(row, state="pending", attempts=row.attempts + 1,
+                                last_error=verdict.reason), True
+            report.failed += 1
+            return _outcome(row, state="failed", attempts=row.attempts + 1,
+                            last_error=verdict.reason), False
+        if not adopt:
+            self.store.commit(path, job.rel, replace=True, synced=True)
+        report.done += 1
+        report.bytes += verdict.size
+        return _outcome(row, state="done", size=verdict.size, sha256=verdict.sha256,
+                        content_type=content_type,
+                        last_modified=(out.headers.get("last-modified") if out else None),
+                        fetched_at=utcnow(), last_error=None), False
+
+    def _release(self, row: sa.Row[Any]) -> datetime | None:
+        with self.cat.begin() as conn:
+            return products.release_date(conn, self.src.name, self.src.id_column,
+                                         row.product_id)
+
+    def _drop_partial(self, job: _Job) -> None:
+        self.store.temp_path(job.rel).unlink(missing_ok=True)
+
+    def _record(self, changes: list[dict[str, Any]]) -> None:
+        if changes:
+            with self.cat.begin() as conn:
+                products.update(conn, changes)
+
+
+def _outcome(row: sa.Row[Any], **values: Any) -> dict[str, Any]:
+    """A full outcome record: the row's current values, overridden by `values`."""
+    base = {c: getattr(row, c) for c in products.OUTCOME}
+    base.update(values)
+    return {"source": row.source, "product_id": row.product_id, "role": row.role, **base}
+
+
+def _aux_rows(row: sa.Row[Any], urls: list[str]) -> list[dict[str, Any]]:
+    """Ancillary links stored beside the product: `<name>.aux1<ext of the link's file>`."""
+    main = PurePosixPath(row.path)
+    out = []
+    for i, url in enumerate(urls, start=1):
+        suffix = PurePosixPath(urlsplit(url).path).suffix[:10]
+        name = sanitise_component(f"{main.stem}.aux{i}{suffix}")
+        out.append({"product_id": row.product_id, "role": f"aux{i}", "url": url,
+                    "access_url": url, "access_format": None, "path": str(main.with_name(name))})
+    return out

@@ -1,0 +1,247 @@
+"""Product files in a folder: written once and atomically, never outside the root.
+
+A file is downloaded to a temp file in its target folder, fsynced, renamed into place and the
+folder fsynced (as restic and rclone do), so a kill -9 at any instant leaves either no product
+or a complete one. Names starting with '.' are the store's own (temp files, `.quarantine`):
+products never start with '.', so the two can never meet.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from mirror.errors import CollisionError, StoreError, UnsafePathError
+from mirror.store.verify import CHUNK, Verdict, sha256_file, verify_file
+
+QUARANTINE = ".quarantine"
+PART = ".part"
+
+
+class Store:
+    """A folder of products addressed by relative POSIX paths (as `layout.render` makes)."""
+
+    def __init__(self, root: Path | str) -> None:
+        with _os_errors("create the store folder", root):
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.root = Path(root).resolve()
+
+    def resolve(self, rel: PurePosixPath | str) -> Path:
+        """The absolute path of `rel`; raises UnsafePathError if it would leave the root."""
+        rel = PurePosixPath(rel)
+        bad = _unsafe_reason(rel)
+        if bad:
+            raise UnsafePathError(f"refusing store path {str(rel)!r}: {bad}", path=str(rel),
+                                  hint="store paths come from layout.render; report this name")
+        target = self.root.joinpath(*rel.parts)
+        try:
+            real = target.resolve()  # follows symlinks anywhere along the way
+        except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
+            raise UnsafePathError(f"store path {str(rel)!r} cannot be resolved: {exc}",
+                                  path=str(rel)) from exc
+        if real == self.root or not real.is_relative_to(self.root):
+            raise UnsafePathError(f"store path {str(rel)!r} leads outside the store "
+                                  f"(to {real}) through a symbolic link", path=str(rel),
+                                  hint=f"remove the symbolic link under {self.root}")
+        return target
+
+    def temp_path(self, rel: PurePosixPath | str, key: str | None = None) -> Path:
+        """The temp file for `rel`, in its folder (created); the same name again after a crash,
+        so a download can resume with HTTP Range. `key` (e.g. the publisher DID) keeps two
+        products that render to one path from sharing a temp file."""
+        target = self.resolve(rel)
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")) if key else None
+        tag = f".{digest.hexdigest()[:8]}" if digest else ""
+        self._make_folders(target.parent)
+        return target.with_name(f".{target.name}{tag}{PART}")
+
+    def commit(self, temp: Path, rel: PurePosixPath | str, *, replace: bool = False,
+               synced: bool = False, sha256: str | None = None) -> Path:
+        """Move a finished temp file into place atomically; returns the product's path.
+
+        An identical file already there is kept (the temp is removed); a different one raises
+        CollisionError unless `replace`. Pass `synced=True` if the writer fsynced already, and
+        `sha256` if it hashed the temp already.
+        """
+        target = self.resolve(rel)
+        with _os_errors("store", target):
+            if not synced:
+                _fsync_file(temp)
+            if replace:
+                os.replace(temp, target)
+            elif not self._link_no_clobber(temp, target, sha256):
+                return target  # the same bytes were there already
+            _fsync_folder(target.parent)
+        return target
+
+    def put(self, rel: PurePosixPath | str, data: bytes | BinaryIO, *,
+            replace: bool = False) -> Path:
+        """Store bytes or a readable stream under `rel` (temp file, fsync, rename)."""
+        temp = self.temp_path(rel)
+        with _os_errors("write", temp), open(temp, "wb") as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        return self.commit(temp, rel, replace=replace, synced=True)
+
+    def open(self, rel: PurePosixPath | str) -> BinaryIO:
+        """The stored product, open for reading."""
+        path = self.resolve(rel)
+        with _os_errors("open", path):
+            return open(path, "rb")
+
+    def exists(self, rel: PurePosixPath | str) -> bool:
+        """Whether a product is stored under `rel`."""
+        return self.resolve(rel).is_file()
+
+    def size(self, rel: PurePosixPath | str) -> int:
+        """Size in bytes of a stored product."""
+        path = self.resolve(rel)
+        with _os_errors("read", path):
+            return path.stat().st_size
+
+    def sha256(self, rel: PurePosixPath | str) -> str:
+        """Hex sha256 of a stored product, streamed."""
+        path = self.resolve(rel)
+        with _os_errors("read", path):
+            return sha256_file(path)
+
+    def verify(self, rel: PurePosixPath | str, *, expected_size: int | None = None,
+               content_type: str | None = None, access_format: str | None = None) -> Verdict:
+        """Re-check a stored product, e.g. after a disk error or to audit the store."""
+        return verify_file(self.resolve(rel), expected_size=expected_size,
+                           content_type=content_type, access_format=access_format)
+
+    def quarantine(self, rel: PurePosixPath | str, reason: str, *,
+                   source: Path | None = None) -> Path:
+        """Move a bad file (the product at `rel`, or `source`, e.g. a rejected temp file) to
+        `.quarantine/<UTC time>/<rel>` with a `.reason` file beside it; returns its new path."""
+        rel = PurePosixPath(rel)
+        target = self.resolve(rel)  # the quarantine path reuses rel: as safe as a product's
+        src = source if source is not None else target
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        folder = self.root / QUARANTINE / stamp
+        dest = folder.joinpath(*rel.parts)
+        with _os_errors("quarantine", src):
+            self._make_folders(dest.parent)
+            shutil.move(src, dest)
+            note = dest.with_name(dest.name + ".reason")
+            note.write_text(f"{reason}\nfrom: {rel}\nat: {stamp}\n", encoding="utf-8")
+            _fsync_folder(dest.parent)
+            _fsync_folder(src.parent)
+        return dest
+
+    def walk(self) -> Iterator[PurePosixPath]:
+        """Every stored product, sorted; temp files and the quarantine are not products."""
+        for path in self._files():
+            if not path.name.startswith("."):
+                yield PurePosixPath(path.relative_to(self.root).as_posix())
+
+    def partials(self) -> Iterator[Path]:
+        """Temp files left by interrupted downloads (to resume or clean up)."""
+        for path in self._files():
+            if path.name.startswith(".") and path.name.endswith(PART):
+                yield path
+
+    def _files(self) -> Iterator[Path]:
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(folder, name)
+                if not path.is_symlink():
+                    yield path
+
+    def _link_no_clobber(self, temp: Path, target: Path, sha256: str | None) -> bool:
+        """Put temp at target unless a file is there; False if that file has the same bytes."""
+        try:
+            os.link(temp, target)  # atomic and never overwrites, even against another worker
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK):
+                raise
+            if not target.exists():  # no hard links here (some FUSE, SMB): check, then rename
+                os.replace(temp, target)
+                return True
+        else:
+            os.unlink(temp)
+            return True
+        incoming = sha256 or sha256_file(temp)
+        existing = sha256_file(target)
+        if existing != incoming:
+            raise CollisionError(
+                f"a different file is already stored at {target} (sha256 {existing[:12]}..., "
+                f"new {incoming[:12]}...); the new file stays at {temp}", path=str(target),
+                existing=existing, incoming=incoming,
+                hint="two products render to one path: add a distinguishing field to the "
+                     "layout template, or quarantine the old file")
+        os.unlink(temp)
+        return False
+
+    def _make_folders(self, folder: Path) -> None:
+        """mkdir -p, fsyncing each new folder's parent so the folder survives a crash."""
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        with _os_errors("create folder", folder):
+            for new in reversed(missing):
+                new.mkdir(exist_ok=True)
+                _fsync_folder(new.parent)
+
+
+def _unsafe_reason(rel: PurePosixPath) -> str | None:
+    if not rel.parts or rel.is_absolute():
+        return "not a relative path"
+    for part in rel.parts:
+        if part in (".", ".."):
+            return "it has a '.' or '..' component"
+        if part.startswith("."):
+            return "names starting with '.' belong to the store itself"
+        if "\\" in part or any(ord(c) < 32 or ord(c) == 127 for c in part):
+            return "it has a backslash or a control character"
+    return None
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some file systems cannot fsync a folder; the rename still stands
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _os_errors(action: str, path: Path | str) -> Iterator[None]:
+    """OSError -> StoreError: disk full and permissions are permanent, never worth a retry."""
+    try:
+        yield
+    except OSError as exc:
+        hint = {errno.ENOSPC: "free disk space, then run the fetch again",
+                errno.EDQUOT: "the disk quota is exhausted: free space or raise the quota",
+                errno.EACCES: "check the permissions of the store folder",
+                errno.EROFS: "the store is on a read-only file system"}.get(exc.errno or 0)
+        raise StoreError(f"cannot {action} {path}: {exc.strerror or exc}", hint=hint,
+                         path=str(path)) from exc
