@@ -162,28 +162,28 @@ def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
         return 0
     if args.quiet:
         return 0
-    table = Table(title=f"mirror: {mirror.config.catalogue_path}")
-    for col in ("source", "rows", "withdrawn", "last sync", "watermark", "runs", "last run",
-                "products"):
-        table.add_column(col, justify="right" if col in ("rows", "withdrawn", "runs") else "left")
+    out.print(f"[bold]catalogue[/] {mirror.config.catalogue_path}", highlight=False)
     for s in states:
-        wm = f"{s.watermark_column}={s.watermark}" if s.watermark_column else "(row hashing)"
-        last = s.last_status or "-"
+        out.print(f"\n[bold]{s.name}[/]  {s.url}", highlight=False)
+        out.print(f"  rows       {s.rows:,} current, {s.withdrawn:,} withdrawn", highlight=False)
+        last = f"{s.last_sync} ({s.last_status}), {s.runs} runs" if s.last_sync else "never"
+        out.print(f"  last sync  {last}", highlight=False)
         if s.last_errors:
-            last += f": {s.last_errors.splitlines()[0]}"
+            out.print(f"  [red]errors[/]     {s.last_errors.splitlines()[0]}", highlight=False)
+        wm = (f"{s.watermark_column} > {s.watermark}" if s.watermark_column
+              else "none: full passes with row hashing")
+        out.print(f"  watermark  {wm}", highlight=False)
         stored = ", ".join(f"{n:,} {state}" for state, n in sorted(s.products.items()))
-        if s.product_bytes:
-            stored += f" ({s.product_bytes / 1e6:,.1f} MB stored)"
-        table.add_row(s.name, f"{s.rows:,}", f"{s.withdrawn:,}", s.last_sync or "never", wm,
-                      str(s.runs), last, stored or "-")
-    out.print(table)
+        if stored:
+            stored += f"; {s.product_bytes / 1e6:,.1f} MB stored"
+        out.print(f"  products   {stored or 'none selected yet (mirror fetch)'}", highlight=False)
     if history:
-        runs = Table(title="sync runs")
+        runs = Table(title="sync runs", title_justify="left")
         for col in ("run", "source", "started", "status", "kind", "new", "changed",
                     "withdrawn", "windows", "proof"):
             runs.add_column(col)
         for r in history:
-            runs.add_row(str(r["run_id"]), r["source"], str(r["started_at"])[:19], r["status"],
+            runs.add_row(str(r["run_id"]), r["source"], str(r["started_at"])[5:16], r["status"],
                          r["kind"], str(r["rows_new"]), str(r["rows_changed"]),
                          str(r["rows_withdrawn"]), str(r["windows"]),
                          {True: "ok", False: "FAILED", None: "-"}[r["proof_ok"]])

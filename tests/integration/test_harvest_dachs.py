@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -68,7 +69,7 @@ def _norm(r: list[str]) -> tuple:
 
 
 def make_config(tmp: Path, url: str, **source: object) -> Path:
-    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in source.items())
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in source.items())
     cfg = tmp / "mirror.toml"
     cfg.write_text(f'[catalogue]\npath = "data/m.duckdb"\n[store]\nroot = "data/store"\n'
                    f'[[source]]\nname = "dachs"\nurl = "{url}"\n{extra}')
