@@ -29,15 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mirror", description="A local, complete, incremental mirror of ObsCore archives.")
     parser.add_argument("--version", action="version", version=f"mirror {__version__}")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $MIRROR_CONFIG, else ./mirror.toml)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
-    fmt.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    _common(parser, default=None)
+    # the same options after the command (`mirror status --json`): SUPPRESS keeps a value given
+    # before the command from being reset by the subcommand's default
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("init", help="create or migrate the catalogue")
-    sync = sub.add_parser("sync", help="harvest ObsCore metadata from the configured sources")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("init", help="create or migrate the catalogue")
+    sync = command("sync", help="harvest ObsCore metadata from the configured sources")
     sync.add_argument("source", nargs="?", help="only this source (default: all)")
     sync.add_argument("--dry-run", action="store_true",
                       help="report what would change; write nothing")
@@ -45,17 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ignore the watermark: a full pass over the source")
     sync.add_argument("--fetch", action="store_true",
                       help="then fetch the newly selected products (as `mirror fetch`)")
-    fetch = sub.add_parser("fetch", help="download the selected products into the store")
+    fetch = command("fetch", help="download the selected products into the store")
     fetch.add_argument("source", nargs="?", help="only this source (default: all)")
     fetch.add_argument("--retry-failed", action="store_true",
                        help="try products that failed before again")
-    verify = sub.add_parser("verify", help="re-check the store against the catalogue")
+    verify = command("verify", help="re-check the store against the catalogue")
     verify.add_argument("--no-repair", action="store_true",
                         help="only report; do not quarantine, re-queue or adopt")
-    status = sub.add_parser("status", help="per source: rows, last sync, watermark, runs")
+    status = command("status", help="per source: rows, last sync, watermark, runs")
     status.add_argument("--runs", type=int, default=0, metavar="N",
                         help="also list the last N sync runs")
     return parser
+
+
+def _common(parser: argparse.ArgumentParser, default: object) -> None:
+    flag = {"action": "store_true", "default": False if default is None else default}
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="config file (default: $MIRROR_CONFIG, else ./mirror.toml)")
+    parser.add_argument("--debug", help="show tracebacks and debug logs", **flag)
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--quiet", "-q", help="print nothing but errors", **flag)
+    fmt.add_argument("--json", help="print machine-readable JSON", **flag)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -219,7 +220,7 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"{file}: source name {name!r} is used twice",
-                              "give every [[source]] its own name")
+                              f'give every [[source]] its own name, e.g. name = "{name}_2"')
     return Config(catalogue_path=(base / catalogue["path"]).resolve(),
                   store_root=(base / store["root"]).resolve(), sources=sources, file=file,
                   layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)))
@@ -232,8 +233,12 @@ def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in raw:
         if f"{section}.{key}" not in _BY_KEY:
-            names = ", ".join(s.name for s in SETTINGS if s.section == section)
-            raise ConfigError(f"{file}: unknown key {section}.{key}", f"known keys: {names}")
+            known = [s for s in SETTINGS if s.section == section]
+            close = difflib.get_close_matches(key, [s.name for s in known], n=1, cutoff=0)
+            example = next((s.example for s in known if close and s.name == close[0]), "")
+            raise ConfigError(f"{file}: unknown key {section}.{key}",
+                              f"known keys: {', '.join(s.name for s in known)}; "
+                              f"e.g. {example}")
     for setting in (s for s in SETTINGS if s.section == section):
         if setting.name not in raw:
             if setting.default is REQUIRED:

@@ -27,12 +27,13 @@ USER_AGENT = f"mirror/{__version__} (IVOA archive mirror; pyvo/{pyvo.__version__
 class HostBearer(requests.auth.AuthBase):
     """Bearer token sent only to the archive's own host, never on redirects elsewhere."""
 
-    def __init__(self, token: str, host: str) -> None:
+    def __init__(self, token: str, host: str, port: int | None = None) -> None:
         self._token = token
         self._host = host
+        self._port = port
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        if urlsplit(r.url or "").hostname == self._host:
+        if origin(r.url or "") == (self._host, self._port):
             r.headers["Authorization"] = f"Bearer {self._token}"
         return r
 
@@ -45,8 +46,15 @@ def make_session(url: str, token: str | None) -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     if token:
-        session.auth = HostBearer(token, urlsplit(url).hostname or "")
+        session.auth = HostBearer(token, *origin(url))
     return session
+
+
+def origin(url: str) -> tuple[str, int | None]:
+    """(host, port) with the scheme's default port filled in: a token belongs to one service."""
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.hostname or "", parts.port or default
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -98,7 +106,8 @@ def translate_errors(url: str) -> Iterator[None]:
         yield
     except UpstreamError:
         raise
-    except (requests.ConnectionError, requests.Timeout) as exc:
+    except (requests.ConnectionError, requests.Timeout,
+            requests.exceptions.ChunkedEncodingError) as exc:
         raise TransientError(f"{url}: {type(exc).__name__}: {exc}", url=url) from exc
     except pyvo.dal.DALQueryError as exc:
         raise PermanentError(f"{url} refused the query: {exc.reason}",

@@ -1,11 +1,14 @@
 """The download engine: one thread drives many HTTP/1.1 transfers through pycurl's CurlMulti.
 
 Why this shape: libcurl does keep-alive pooling, redirects, per-host limits and stall detection
-in C. Body chunks land in a list through `list.append` itself (no Python frame per chunk); after
-each round of socket events they go, in order, to one writer thread that writes, hashes and
-fsyncs. `write` and `sha256.update` release the GIL, so disk and hashing overlap the network on a
-second core. Waiting uses epoll via the socket API (`multi.select` only handles fds < 1024).
-Results are plain `Outcome`s: the caller maps them to the project's errors and retries.
+in C, and Python stays off the per-chunk path. Each pooled handle owns a file-descriptor "slot"
+and its WRITEFUNCTION is `partial(os.write, slot)`, set once, all C. When a response's headers
+end, a small header callback decides where the body goes and `dup2`s the destination file (or
+/dev/null, or a memfd for a short error page) onto the slot. A second thread hashes each file
+from the page cache as it grows, then fsyncs it, so sha256 runs on another core instead of
+between recv calls, with no body bytes held in Python. Waiting uses epoll via the socket API
+(`multi.select` only handles fds below 1024). Results are plain `Outcome`s: the caller maps them
+to the project's errors and decides on retries.
 """
 
 from __future__ import annotations
@@ -17,21 +20,22 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
-from queue import SimpleQueue
-from typing import IO, Any
+from queue import Empty, SimpleQueue
+from typing import Any
 
 import pycurl
 
 log = logging.getLogger("mirror")
 
-ERROR_BODY_MAX = 64 * 1024  # error pages are kept in memory up to this size, never on disk
-BACKLOG_MAX = 64 << 20  # bytes received but not yet written before the network loop waits
-SLOW_FSYNC = 0.002  # seconds; after one slower fsync, fsyncs run in a pool (slow disks)
+ERROR_BODY_MAX = 64 * 1024  # error pages up to this size are kept (in a memfd), never in dest
+HASH_TICK = 0.005  # seconds between the hasher's catch-ups on files still being written
+SLOW_FSYNC = 0.002  # seconds; when fsyncs take longer on average, they run in a pool
 # curl codes worth retrying: resolve/connect/send/recv failures, timeouts, partial bodies, TLS
 TRANSIENT_CURL = frozenset({5, 6, 7, 16, 18, 28, 35, 52, 55, 56, 92, 95})
 TRANSIENT_STATUS = frozenset({408, 429})
@@ -69,33 +73,28 @@ class Outcome:
     retry_after: float | None
     restarted: bool = False
     seconds: float = 0.0
-    error_body: bytes = b""  # start of a non-2xx body (at most 64 KB), for messages
+    error_body: bytes = b""  # a non-2xx body of at most 64 KB (with a Content-Length), for messages
     curl_code: int = 0
 
 
 class _Xfer:
-    """One transfer. The network thread owns it until the writer gets its first chunks; from
-    then on only the writer touches `file`, `hasher` and `oserror`."""
+    """One transfer. `fd` (the open dest) belongs to the hasher once it has been announced."""
 
-    __slots__ = ("job", "curl", "lines", "chunks", "offset", "restarted", "started", "began",
-                 "status", "headers", "ok", "errbody", "file", "hasher", "oserror")
+    __slots__ = ("job", "curl", "slot", "lines", "offset", "restarted", "started", "decided",
+                 "status", "headers", "fd", "errfd", "retry", "oserror", "hasher", "hashed")
 
-    def __init__(self, job: Download, curl: pycurl.Curl, restarted: bool) -> None:
-        self.job, self.curl, self.restarted = job, curl, restarted
+    def __init__(self, job: Download, curl: pycurl.Curl, slot: int, restarted: bool) -> None:
+        self.job, self.curl, self.slot, self.restarted = job, curl, slot, restarted
         self.started = time.perf_counter()
         self.lines: list[bytes] = []
-        self.chunks: list[bytes] = []
-        self.offset = 0
-        self.began = self.ok = False
-        self.status = 0
+        self.offset = self.status = self.hashed = 0
+        self.decided = False
         self.headers: dict[str, str] = {}
-        self.errbody = bytearray()
-        self.file: IO[bytes] | None = None
-        self.hasher = hashlib.sha256()
+        self.fd: int | None = None
+        self.errfd: int | None = None
+        self.retry: str | None = None  # why this resume must be redone from byte 0
         self.oserror: OSError | None = None
-
-
-_Work = list[tuple[_Xfer, list[bytes], Outcome | None, bool]]  # xfer, chunks, outcome, last
+        self.hasher = hashlib.sha256()
 
 
 class Transport:
@@ -122,24 +121,24 @@ class Transport:
                            (pycurl.M_SOCKETFUNCTION, self._on_socket),
                            (pycurl.M_TIMERFUNCTION, self._on_timer)):
             self._multi.setopt(opt, value)
+        self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._watched: dict[int, int] = {}
         self._deadline: float | None = None
-        self._idle: list[pycurl.Curl] = []
+        self._idle: list[tuple[pycurl.Curl, int]] = []
         self._active: dict[pycurl.Curl, _Xfer] = {}
         self._ready: deque[Outcome] = deque()
-        self._batch: _Work = []
-        self._work: SimpleQueue[_Work | threading.Event | None] = SimpleQueue()
+        self._batch: list[tuple[str, _Xfer, Outcome | None]] = []
+        self._work: SimpleQueue[list[tuple[str, _Xfer, Outcome | None]] | threading.Event | None]
+        self._work = SimpleQueue()
         self._done: SimpleQueue[Outcome] = SimpleQueue()
-        self._progress = threading.Event()
-        self._handed = self._written = 0  # bytes; `_written` is only ever set by the writer
-        self._sealing = 0  # outcomes with the writer
+        self._sealing = 0  # outcomes the hasher still holds
         self._pool: ThreadPoolExecutor | None = None
-        self._writer = threading.Thread(target=self._write_loop, name="mirror-writer",
-                                        daemon=True)
-        self._writer.start()
+        self._fsync_avg = 0.0
+        self._hasher = threading.Thread(target=self._hash_loop, name="mirror-hasher", daemon=True)
+        self._hasher.start()
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -164,25 +163,33 @@ class Transport:
             self._abandon()
 
     def close(self) -> None:
-        """Free handles, sockets and threads; the Transport is unusable afterwards."""
+        """Free handles, files, sockets and threads; the Transport is unusable afterwards."""
         if self._epoll.closed:
             return
         self._abandon()
         self._work.put(None)
-        self._writer.join()
+        self._hasher.join()
         if self._pool is not None:
             self._pool.shutdown()
-        for c in self._idle:
+        for c, slot in self._idle:
             c.close()
+            os.close(slot)
         self._multi.close()
         self._epoll.close()
-        os.close(self._wake)
+        for fd in (self._wake, self._devnull):
+            os.close(fd)
 
     # -- the network thread ---------------------------------------------------------------------
 
     def _start(self, job: Download, *, restarted: bool) -> None:
-        c = self._idle.pop() if self._idle else self._new_handle()
-        x = _Xfer(job, c, restarted)
+        if self._idle:
+            c, slot = self._idle.pop()
+        else:
+            c, slot = pycurl.Curl(), os.dup(self._devnull)
+            for opt, value in self._opts:
+                c.setopt(opt, value)
+            c.setopt(pycurl.WRITEFUNCTION, partial(os.write, slot))  # the whole per-chunk path
+        x = _Xfer(job, c, slot, restarted)
         headers = [f"{k}: {v}" for k, v in job.headers.items()]
         if job.resume_from > 0 and not restarted:
             try:
@@ -190,7 +197,7 @@ class Transport:
             except FileNotFoundError:
                 kept = 0
             if kept >= job.resume_from:
-                x.offset = job.resume_from  # the writer hashes this prefix before appending
+                x.offset = job.resume_from
             else:
                 x.restarted = True
         if x.offset:
@@ -202,16 +209,57 @@ class Transport:
             c.unsetopt(pycurl.RANGE)
         c.setopt(pycurl.URL, job.url)
         c.setopt(pycurl.HTTPHEADER, headers)
-        c.setopt(pycurl.HEADERFUNCTION, x.lines.append)
-        c.setopt(pycurl.WRITEFUNCTION, x.chunks.append)
+        c.setopt(pycurl.HEADERFUNCTION, self._header_callback(x))
         self._active[c] = x
         self._multi.add_handle(c)
 
-    def _new_handle(self) -> pycurl.Curl:
-        c = pycurl.Curl()
-        for opt, value in self._opts:
-            c.setopt(opt, value)
-        return c
+    def _header_callback(self, x: _Xfer) -> Callable[[bytes], int | None]:
+        lines = x.lines
+
+        def on_header(line: bytes) -> int | None:
+            lines.append(line)
+            if len(line) > 2 or x.decided:  # not the empty line that ends a header block
+                return None
+            return self._decide(x)
+
+        return on_header
+
+    def _decide(self, x: _Xfer) -> int | None:
+        """At the end of a response's headers: point the slot where the body belongs.
+        Returns 0 to abort the transfer (the resume must be redone from byte 0)."""
+        status, hdrs = _parse_headers(x.lines)
+        if status < 200 or (300 <= status < 400 and "location" in hdrs):
+            return None  # an interim or redirect response: libcurl goes on
+        x.decided, x.status, x.headers = True, status, hdrs
+        if not 200 <= status < 300:
+            length = hdrs.get("content-length", "")
+            if length.isdigit() and int(length) <= ERROR_BODY_MAX:
+                x.errfd = os.memfd_create("mirror-error", os.MFD_CLOEXEC)
+                os.dup2(x.errfd, x.slot)
+            return None
+        if x.offset:
+            if status != 206:  # Range ignored, or If-Range said the file changed: write from 0
+                x.offset, x.restarted = 0, True
+            elif _range_start(hdrs.get("content-range")) != x.offset:
+                x.retry = "the server answered a different range"
+                return 0
+            elif x.job.validator and _validator(hdrs, x.job.validator) not in (
+                    None, x.job.validator):
+                x.retry = "the file changed upstream since the partial download"
+                return 0
+        try:
+            fd = os.open(x.job.dest, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                         | (0 if x.offset else os.O_TRUNC), 0o644)
+            if x.offset:
+                os.ftruncate(fd, x.offset)
+                os.lseek(fd, x.offset, os.SEEK_SET)
+        except OSError as exc:
+            x.oserror = exc
+            return 0
+        x.fd = fd
+        os.dup2(fd, x.slot)  # from now on the WRITEFUNCTION appends to dest
+        self._batch.append(("open", x, None))
+        return None
 
     def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
         if what == pycurl.POLL_REMOVE:
@@ -237,7 +285,7 @@ class Transport:
         self._deadline = None if ms < 0 else time.perf_counter() + ms / 1000
 
     def _step(self) -> None:
-        """Wait for sockets, libcurl's timer or the writer; act on all that is due."""
+        """Wait for sockets, libcurl's timer or the hasher; act on all that is due."""
         timeout = 1.0
         if self._deadline is not None:
             timeout = min(timeout, max(0.0, self._deadline - time.perf_counter()))
@@ -262,92 +310,61 @@ class Transport:
                 self._finish(c, code, msg)
             if not queued:
                 break
-        for x in list(self._active.values()):
-            if x.chunks and not self._drain(x):
-                self._multi.remove_handle(x.curl)
-                self._finish(x.curl, 23, "stopped by mirror")
         if self._batch:
             self._work.put(self._batch)
             self._batch = []
-            while self._handed - self._written > BACKLOG_MAX:  # the disk is slower: wait
-                self._progress.wait(0.1)
-                self._progress.clear()
-
-    def _drain(self, x: _Xfer) -> bool:
-        """Pass received chunks on (2xx: to the writer, else: to memory); False: stop it."""
-        if not x.began and not self._decide(x):
-            return False
-        chunks = x.chunks.copy()
-        x.chunks.clear()  # the same list: libcurl's WRITEFUNCTION is its `append`
-        if x.ok:
-            if x.oserror is not None:
-                return False
-            self._handed += sum(map(len, chunks))
-            self._batch.append((x, chunks, None, False))
-        elif len(x.errbody) < ERROR_BODY_MAX:
-            x.errbody += b"".join(chunks)[:ERROR_BODY_MAX - len(x.errbody)]
-        return True
-
-    def _decide(self, x: _Xfer) -> bool:
-        """At the first body bytes (or the end): where does the body go? False: resume again."""
-        x.began = True
-        x.status, x.headers = status, hdrs = _parse_headers(x.lines)
-        x.ok = 200 <= status < 300
-        if not x.offset or not x.ok:
-            return True
-        if status != 206:  # Range ignored, or If-Range said the file changed: write from 0
-            x.offset, x.restarted = 0, True
-        elif _range_start(hdrs.get("content-range")) != x.offset:
-            return False
-        elif x.job.validator and _validator(hdrs, x.job.validator) not in (None,
-                                                                           x.job.validator):
-            return False
-        return True
 
     def _finish(self, c: pycurl.Curl, code: int, msg: str) -> None:
         x = self._active.pop(c)
         self._multi.remove_handle(c)
-        self._idle.append(c)
-        resumable = x.offset > 0 and not x.restarted
-        if (x.began or x.lines) and not self._drain(x) and resumable:
-            return self._restart(x, "the partial file's validator or range does not match")
-        if x.status == 416 and resumable:
-            return self._restart(x, "416 on a resume")
-        out = self._outcome(x, code, msg)
-        if x.ok:  # the writer fills in size and sha256, fsyncs, and hands the outcome back
+        os.dup2(self._devnull, x.slot)  # detach dest (or the memfd) from the handle
+        self._idle.append((c, x.slot))
+        if x.errfd is not None:
+            error_body = os.pread(x.errfd, ERROR_BODY_MAX, 0)
+            os.close(x.errfd)
+        else:
+            error_body = b""
+        if x.offset and not x.restarted and (x.retry or x.status == 416):
+            log.debug("%s: %s; downloading again from byte 0", x.job.url,
+                      x.retry or "416 on a resume")
+            self._start(x.job, restarted=True)
+            return
+        out = self._outcome(x, code, msg, error_body)
+        if x.fd is not None:  # the hasher fills in size and sha256, fsyncs, hands it back
             self._sealing += 1
-            self._batch.append((x, [], out, True))
+            self._batch.append(("end", x, out))
         else:
             self._ready.append(out)
 
-    def _restart(self, x: _Xfer, why: str) -> None:
-        log.debug("%s: %s, downloading again from byte 0", x.job.url, why)
-        self._start(x.job, restarted=True)
-
-    def _outcome(self, x: _Xfer, code: int, msg: str) -> Outcome:
-        if not x.began:
+    def _outcome(self, x: _Xfer, code: int, msg: str, error_body: bytes) -> Outcome:
+        if not x.decided:
             x.status, x.headers = _parse_headers(x.lines)
         hdrs, status = x.headers, x.status or None
+        ok = x.fd is not None
         error, transient = (f"curl {code}: {msg}", code in TRANSIENT_CURL) if code else (None,
                                                                                       False)
-        if error is None and status is None:
+        if x.oserror is not None:
+            error, transient = f"cannot write {x.job.dest}: {x.oserror}", False
+        elif x.retry:
+            error, transient = f"resume failed: {x.retry}", True
+        elif error is None and status is None:
             error, transient = "no response", True
-        elif error is None and not x.ok:
+        elif error is None and not ok:
             error = f"HTTP {status}"
             transient = status >= 500 or status in TRANSIENT_STATUS  # type: ignore[operator]
         size = 0
-        if not x.ok:
+        if not ok:
             try:
                 size = os.stat(x.job.dest).st_size
             except OSError:
                 pass
         return Outcome(key=x.job.key, url=x.job.url, status=status, size=size,
-                       expected_size=_expected_size(hdrs, x.offset) if x.ok else None,
+                       expected_size=_expected_size(hdrs, x.offset) if ok else None,
                        sha256=None, headers=hdrs, error=error, transient=transient,
                        retry_after=(_retry_after(hdrs.get("retry-after"))
                                     if status in (429, 503) else None),
                        restarted=x.restarted, seconds=time.perf_counter() - x.started,
-                       error_body=bytes(x.errbody), curl_code=code)
+                       error_body=error_body, curl_code=code)
 
     def _collect(self) -> None:
         try:
@@ -362,9 +379,12 @@ class Transport:
         """Stop what is left when the consumer stops early; partial files stay as they are."""
         for c, x in list(self._active.items()):
             self._multi.remove_handle(c)
-            self._idle.append(c)
-            if x.ok:
-                self._batch.append((x, [], None, True))
+            os.dup2(self._devnull, x.slot)
+            self._idle.append((c, x.slot))
+            if x.errfd is not None:
+                os.close(x.errfd)
+            if x.fd is not None:
+                self._batch.append(("drop", x, None))
         self._active.clear()
         flushed = threading.Event()
         self._work.put(self._batch)
@@ -376,94 +396,96 @@ class Transport:
         self._sealing = 0
         self._ready.clear()
 
-    # -- the writer thread ----------------------------------------------------------------------
+    # -- the hasher thread ----------------------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        while (work := self._work.get()) is not None:
+    def _hash_loop(self) -> None:
+        """Hash growing files from the page cache; finish them (size, sha256, fsync, close)."""
+        growing: set[_Xfer] = set()
+        view = memoryview(bytearray(1 << 20))
+        while True:
+            try:
+                work = self._work.get(timeout=HASH_TICK) if growing else self._work.get()
+            except Empty:
+                work = []
+            if work is None:
+                return
             if isinstance(work, threading.Event):
                 work.set()
                 continue
-            for x, chunks, out, last in work:
-                if x.oserror is None:
-                    try:
-                        self._write(x, chunks)
-                    except OSError as exc:
-                        x.oserror = exc
-                self._written += sum(map(len, chunks))
-                if last:
-                    self._seal(x, out)
-            self._progress.set()
-            os.eventfd_write(self._wake, 1)
+            for kind, x, out in work:
+                if kind == "open":
+                    growing.add(x)
+                    continue
+                growing.discard(x)
+                if out is None:  # "drop": the consumer went away
+                    os.close(x.fd)  # type: ignore[arg-type]
+                    continue
+                try:
+                    self._seal(x, out, view)
+                except Exception as exc:  # never leave `run` waiting for an outcome
+                    log.exception("finishing %s failed", x.job.dest)
+                    out.error, out.transient = f"internal error: {exc!r}", False
+                    self._done.put(out)
+            for x in growing:
+                try:
+                    self._catch_up(x, view)
+                except OSError:
+                    pass  # reported by _seal, which reads the file again
+            if work:
+                os.eventfd_write(self._wake, 1)
 
-    def _write(self, x: _Xfer, chunks: list[bytes]) -> None:
-        f = x.file
-        if f is None:
-            if x.offset:
-                f = x.file = open(x.job.dest, "r+b")  # noqa: SIM115 - closed in _seal
-                left = x.offset
-                while left:  # seed the hash with the kept prefix
-                    block = f.read(min(left, 1 << 20))
-                    if not block:
-                        raise OSError(f"{x.job.dest} shrank below {x.offset} bytes")
-                    x.hasher.update(block)
-                    left -= len(block)
-                f.truncate()
-            else:
-                f = x.file = open(x.job.dest, "wb")  # noqa: SIM115 - closed in _seal
-        write, update = f.write, x.hasher.update
-        for chunk in chunks:
-            write(chunk)
-            update(chunk)
+    @staticmethod
+    def _catch_up(x: _Xfer, view: memoryview) -> int:
+        """Hash what has been written since the last call; returns the file's size."""
+        fd = x.fd
+        assert fd is not None
+        size = os.fstat(fd).st_size
+        while x.hashed < size:
+            n = os.preadv(fd, [view[:size - x.hashed]], x.hashed)
+            if n <= 0:
+                break
+            x.hasher.update(view[:n])
+            x.hashed += n
+        return size
 
-    def _seal(self, x: _Xfer, out: Outcome | None) -> None:
-        """Complete `out` with what is on disk, fsync, close, hand it back (None: just close)."""
-        f = x.file
+    def _seal(self, x: _Xfer, out: Outcome, view: memoryview) -> None:
+        fd = x.fd
+        assert fd is not None
         try:
-            if f is None and x.oserror is None and out is not None:
-                self._write(x, [])  # an empty body still makes a file
-                f = x.file
-            if f is not None:
-                f.flush()
-                if out is not None:
-                    out.size = f.tell()
-        except OSError as exc:
-            x.oserror = x.oserror or exc
-        if out is not None:
+            out.size = self._catch_up(x, view)
             out.sha256 = x.hasher.hexdigest()
-            if x.oserror is not None:
-                out.error, out.transient = f"cannot write {x.job.dest}: {x.oserror}", False
-            elif out.error is None and out.expected_size not in (None, out.size):
-                out.error, out.transient = f"truncated: {out.size} of {out.expected_size}", True
-        if f is None or out is None or not self.fsync:
-            if f is not None:
-                f.close()
-            if out is not None:
-                self._done.put(out)
-            return
-        if self._pool is not None:
-            self._pool.submit(self._fsync, f, out, True)
-            return
-        t = time.perf_counter()
-        self._fsync(f, out, False)
-        if time.perf_counter() - t > SLOW_FSYNC:
-            log.debug("fsync is slow here: syncing in a pool from now on")
-            self._pool = ThreadPoolExecutor(4, thread_name_prefix="mirror-fsync")
+        except OSError as exc:
+            out.error, out.transient = out.error or f"cannot read back {x.job.dest}: {exc}", False
+        if out.error is None and out.expected_size not in (None, out.size):
+            out.error, out.transient = f"truncated: {out.size} of {out.expected_size} bytes", True
+        if not self.fsync:
+            os.close(fd)
+            self._done.put(out)
+        elif self._pool is not None:
+            self._pool.submit(self._fsync, fd, out, True)
+        else:  # inline while fsync is cheap (tmpfs, idle SSD): a thread handoff costs more
+            t = time.perf_counter()
+            self._fsync(fd, out, False)
+            # a moving average, as one sample may include a wait for the GIL
+            self._fsync_avg += (time.perf_counter() - t - self._fsync_avg) / 16
+            if self._fsync_avg > SLOW_FSYNC:
+                log.debug("fsync is slow here: syncing in a pool from now on")
+                self._pool = ThreadPoolExecutor(4, thread_name_prefix="mirror-fsync")
 
-    def _fsync(self, f: IO[bytes], out: Outcome, wake: bool) -> None:
+    def _fsync(self, fd: int, out: Outcome, wake: bool) -> None:
         try:
-            os.fsync(f.fileno())
+            os.fsync(fd)
         except OSError as exc:
             out.error, out.transient = out.error or f"fsync failed: {exc}", False
         finally:
-            f.close()
+            os.close(fd)
         self._done.put(out)
         if wake:
             os.eventfd_write(self._wake, 1)
 
 
 def _parse_headers(lines: list[bytes]) -> tuple[int, dict[str, str]]:
-    """Status and headers of the last response (after redirects); names lower-cased, repeats
-    joined. Parsed from the lines because pycurl forbids getinfo inside callbacks."""
+    """Status and headers of the last response block; names lower-cased, repeats joined."""
     start, status = 0, 0
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith(b"HTTP/"):

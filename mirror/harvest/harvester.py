@@ -129,7 +129,7 @@ class Harvester:
         limits = self.client.limits()
         self.page = page_size(self.src.page_size, limits.hardlimit)
         self.limit_known = limits.hardlimit is not None
-        tap_schema = replicate_tap_schema(self.client)
+        tap_schema = replicate_tap_schema(self.client, self.page)
         start = self._prepare(report, tap_schema, dry_run=dry_run, full=full)
         self._pages(report, start, dry_run=dry_run)
         if not report.errors:
@@ -297,16 +297,23 @@ class Harvester:
         self._withdraw(report, gone, dry_run=dry_run)
 
     def _repair(self, report: SyncReport, ids: list[str], *, dry_run: bool) -> None:
+        """Fetch records by ID; a batch the service truncated puts its unanswered IDs back."""
         names = [s.name for s in self.specs]
-        for i in range(0, len(ids), REPAIR_BATCH):
-            batch = ids[i:i + REPAIR_BATCH]
+        todo, size = list(ids), min(REPAIR_BATCH, self.page)
+        while todo:
+            batch, todo = todo[:size], todo[size:]
             query = plan.rows_by_id_query(self.src.table, names, self.src.where,
                                           self.src.id_column, batch)
             try:
-                table = parse_csv(self.client.csv(query), self.specs, self.client.url)
+                table = parse_csv(self.client.csv(query, maxrec=len(batch)), self.specs,
+                                  self.client.url)
             except MirrorError as exc:
                 report.errors.append(f"repairing {len(batch)} records: {exc.message}")
                 return
+            got = set(table.column(self.src.id_column).to_pylist())
+            short = [i for i in batch if i not in got]
+            if short and 0 < table.num_rows < len(batch):  # truncated: ask the rest again
+                todo, size = short + todo, table.num_rows
             counts = self._apply(table, report, dry_run=dry_run)
             report.repaired += counts.new + counts.changed + counts.reappeared
             if not dry_run and report.run_id is not None:

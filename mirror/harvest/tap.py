@@ -14,6 +14,7 @@ import pyvo
 import requests
 from astropy.io.votable import parse as parse_votable
 from astropy.table import Table
+from pyvo.io.vosi import parse_capabilities
 
 from mirror.catalogue.types import ColumnSpec
 from mirror.errors import PermanentError
@@ -45,10 +46,13 @@ class TapClient:
 
     def limits(self) -> Limits:
         """The service's MAXREC default and hard limit, from its capabilities (if it has any)."""
+        url = self.url + "/capabilities"
+
         def ask() -> Limits:
-            with translate_errors(self.url + "/capabilities"):
-                svc = pyvo.dal.TAPService(self.url, session=self.session)
-                return Limits(_int(svc.maxrec), _int(svc.hardlimit))
+            with translate_errors(url):
+                response = self.session.get(url, timeout=self.timeout)
+                check_response(response, url)
+                return _limits(parse_capabilities(io.BytesIO(response.content)))
         try:
             return self.policy.call(ask, "reading capabilities")
         except PermanentError as exc:
@@ -109,6 +113,20 @@ class TapClient:
                     job.delete()
                 except Exception:  # noqa: BLE001 - a job left behind expires on its own
                     log.debug("could not delete async job %s", job.url)
+
+
+def _limits(capabilities: list[object]) -> Limits:
+    """Row limits of the TableAccess capability (TAPRegExt outputLimit, in rows)."""
+    for cap in capabilities:
+        limit = getattr(cap, "outputlimit", None)
+        if limit is None:
+            continue
+        def rows(value: object) -> int | None:
+            if value is None or getattr(value, "unit", "row") not in (None, "row"):
+                return None
+            return _int(getattr(value, "content", None))
+        return Limits(rows(limit.default), rows(limit.hard))
+    return Limits(None, None)
 
 
 def _int(value: object) -> int | None:

@@ -9,24 +9,46 @@ import numpy as np
 from astropy.table import Table
 
 from mirror.errors import MirrorError
+from mirror.harvest import plan
 from mirror.harvest.tap import TapClient
 
 log = logging.getLogger("mirror")
 TAP_SCHEMA_TABLES = ("schemas", "tables", "columns", "keys", "key_columns")
 
 
-def replicate_tap_schema(client: TapClient) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the five TAP_SCHEMA tables; a table the service lacks comes back empty."""
+# keyset per table: (first key column or None, last key column)
+KEYS = {"schemas": (None, "schema_name"), "tables": (None, "table_name"),
+        "columns": ("table_name", "column_name"), "keys": (None, "key_id"),
+        "key_columns": ("key_id", "from_column")}
+
+
+def replicate_tap_schema(client: TapClient, page: int) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the five TAP_SCHEMA tables, paged past the service's row limit; a table
+    the service lacks comes back empty."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in TAP_SCHEMA_TABLES:
         try:
-            table = client.table(f"SELECT * FROM TAP_SCHEMA.{name}", maxrec=10_000_000)
+            out[name] = _read(client, f"TAP_SCHEMA.{name}", KEYS[name], page)
         except MirrorError as exc:
             log.warning("could not read TAP_SCHEMA.%s of %s: %s", name, client.url, exc.message)
             out[name] = []
-            continue
-        out[name] = table_rows(table)
     return out
+
+
+def _read(client: TapClient, table: str, key: tuple[str | None, str],
+          page: int) -> list[dict[str, Any]]:
+    names = [c.name for c in client.columns(table)]
+    first, last = key
+    rows: list[dict[str, Any]] = []
+    start: plan.Key | None = None
+    while True:
+        query = plan.page_query(table, names, "", first, last, start, page)
+        batch = table_rows(client.table(query, maxrec=page))
+        if not batch:
+            return rows
+        rows.extend(batch)
+        tail = batch[-1]
+        start = plan.Key(tail.get(first.lower()) if first else None, tail[last.lower()])
 
 
 def table_rows(table: Table) -> list[dict[str, Any]]:

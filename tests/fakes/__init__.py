@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from fakes.tapserver import FakeTap, Fault, Received, dachs_error
 
-from fakes.tapserver import Fault, FakeTap, Received, dachs_error
-
-__all__ = ["FakeSleep", "Fault", "FakeTap", "Received", "dachs_error", "fake_tap", "toml_value",
+__all__ = ["FakeSleep", "FakeTap", "Fault", "Received", "dachs_error", "toml_value",
            "write_config"]
 
 
@@ -46,13 +43,3 @@ def write_config(directory: Path, *sources: dict[str, Any], catalogue: str = "ca
     path = directory / name
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def fake_tap() -> Iterator[FakeTap]:
-    """A started fake TAP service holding the 50 recorded DaCHS rows, hard limit 7."""
-    tap = FakeTap(hard_limit=7).load_recorded().start()
-    try:
-        yield tap
-    finally:
-        tap.stop()

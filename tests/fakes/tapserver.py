@@ -6,7 +6,8 @@ It answers what `mirror` asks of a TAP service the way DaCHS does:
   ADQL is transpiled with sqlglot (read='tsql', which knows TOP) and run on DuckDB; ORDER BY
   keeps PostgreSQL's null ordering (NULLS LAST ascending), like a DaCHS service.
 * a hard row limit like DaCHS': a ``TOP n`` above the limit m answers m+1 rows (DaCHS' quirk),
-  otherwise min(n, m); MAXREC lowers m; MAXREC=0 answers the metadata only.
+  otherwise min(n, m); a query without TOP is cut at m (a VOTable then says OVERFLOW);
+  MAXREC lowers m; MAXREC=0 answers the metadata only.
 * CSV with a header line, NULL as the empty string; VOTables written with astropy whose FIELDs
   carry datatype, arraysize, xtype, unit, ucd, utype, description and VALUES null, so that
   ``SELECT TOP 0 * FROM ivoa.obscore`` describes the table.
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import re
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
 import duckdb
+import pyarrow as pa
 import sqlglot
 from astropy.io.votable import parse as parse_votable
 from astropy.io.votable.tree import Field, Info, Resource, TableElement, VOTableFile
@@ -75,14 +79,41 @@ def votable_specs(body: bytes | Path) -> list[ColumnSpec]:
     return specs
 
 
+@functools.cache
+def _recorded_specs() -> tuple[ColumnSpec, ...]:
+    return tuple(votable_specs(RECORDED_VOTABLE))
+
+
 def recorded_specs() -> list[ColumnSpec]:
-    return votable_specs(RECORDED_VOTABLE)
+    """The FIELDs of the recorded DaCHS answer to SELECT TOP 0 * FROM ivoa.obscore."""
+    return list(_recorded_specs())
+
+
+@functools.cache
+def _recorded_rows() -> tuple[tuple[tuple[str, str], ...], ...]:
+    with RECORDED_CSV.open(newline="", encoding="utf-8") as fh:
+        return tuple(tuple(row.items()) for row in csv.DictReader(fh))
 
 
 def recorded_rows() -> list[dict[str, str]]:
     """The recorded CSV rows as text ('' is NULL, as in the service's CSV)."""
-    with RECORDED_CSV.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    return [dict(row) for row in _recorded_rows()]
+
+
+# -- ADQL ------------------------------------------------------------------------------------------
+
+
+def parse_adql(adql: str) -> exp.Expression:
+    """ADQL as a sqlglot tree: T-SQL knows TOP; NULLs sort as in PostgreSQL (DaCHS)."""
+    tree = sqlglot.parse_one(adql, read="tsql")
+    for ordered in tree.find_all(exp.Ordered):
+        ordered.set("nulls_first", bool(ordered.args.get("desc")))
+    return tree
+
+
+def adql_to_duckdb(adql: str) -> str:
+    """The DuckDB SQL for an ADQL query (ADQL is SQL apart from TOP)."""
+    return parse_adql(adql).sql("duckdb")
 
 
 # -- faults and records --------------------------------------------------------------------------
@@ -94,8 +125,9 @@ class Fault:
 
     `action`: "status" (answer `status` with `headers` and `body`), "close" (close the
     connection without an answer), "reset" (TCP reset), "truncate" (a 200 whose body stops
-    short of its Content-Length). `match` is a regex searched in "<path> <QUERY>"; `skip`
-    lets that many matching requests through first; `times` is how often the fault fires.
+    short of its Content-Length), "stall" (wait `delay` seconds, then answer normally).
+    `match` is a regex searched in "<path> <QUERY>"; `skip` lets that many matching requests
+    through first; `times` is how often the fault fires.
     """
 
     status: int = 503
@@ -105,6 +137,7 @@ class Fault:
     match: str | None = None
     skip: int = 0
     times: int = 1
+    delay: float = 0.0
     fired: int = 0
 
 
@@ -184,7 +217,7 @@ class FakeTap:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+                                        kwargs={"poll_interval": 0.01}, daemon=True)
         self._thread.start()
         return self
 
@@ -226,14 +259,20 @@ class FakeTap:
         if not rows:
             return
         names = [s.name for s in self.specs]
-        exprs = ", ".join(f'CAST(NULLIF(?, \'\') AS {local_type(s)})'
+        text = pa.table({f"c{i}": pa.array([r.get(n) for r in rows], pa.string())
+                         for i, n in enumerate(names)})
+        exprs = ", ".join(f"CAST(NULLIF(c{i}, '') AS {local_type(s)})"
                           if not local_type(s).endswith("[]") else
-                          f"CAST(string_split(NULLIF(?, ''), ' ') AS {local_type(s)})"
-                          for s in self.specs)
+                          f"CAST(string_split(NULLIF(c{i}, ''), ' ') AS {local_type(s)})"
+                          for i, s in enumerate(self.specs))
         cols = ", ".join(f'"{n}"' for n in names)
         with self.lock:
-            self.db.executemany(f"INSERT INTO {self.table} ({cols}) VALUES ({exprs})",
-                                [[r.get(n) for n in names] for r in rows])
+            self.db.register("_text_rows", text)
+            try:
+                self.db.execute(f"INSERT INTO {self.table} ({cols}) SELECT {exprs} "
+                                "FROM _text_rows")
+            finally:
+                self.db.unregister("_text_rows")
 
     def load_recorded(self) -> FakeTap:
         """The 50 rows recorded from the DaCHS service, typed by its own FIELDs."""
@@ -261,7 +300,7 @@ class FakeTap:
             self._refresh_tap_schema()
 
     def _refresh_tap_schema(self) -> None:
-        schema, name = self.table.split(".")
+        schema = self.table.split(".")[0]
         db = self.db
         db.execute('CREATE SCHEMA IF NOT EXISTS "TAP_SCHEMA"')
         db.execute('CREATE OR REPLACE TABLE "TAP_SCHEMA".schemas (schema_name VARCHAR, '
@@ -283,11 +322,24 @@ class FakeTap:
                    [schema, f"the {schema} schema"])
         db.execute('INSERT INTO "TAP_SCHEMA".tables VALUES (?, ?, \'table\', NULL, ?, 0)',
                    [schema, self.table, "The IVOA-defined obscore table"])
-        db.executemany('INSERT INTO "TAP_SCHEMA"."columns" VALUES '
-                       "(?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, 0, 1, 1, ?)",
-                       [[self.table, s.name, s.datatype, s.arraysize, s.xtype, s.description,
-                         s.utype, s.unit, s.ucd, i] for i, s in enumerate(self.specs)])
-        del name
+        columns = pa.table({
+            "table_name": [self.table] * len(self.specs),
+            "column_name": [s.name for s in self.specs],
+            "datatype": [s.datatype for s in self.specs],
+            "arraysize": pa.array([s.arraysize for s in self.specs], pa.string()),
+            "xtype": pa.array([s.xtype for s in self.specs], pa.string()),
+            "description": pa.array([s.description for s in self.specs], pa.string()),
+            "utype": pa.array([s.utype for s in self.specs], pa.string()),
+            "unit": pa.array([s.unit for s in self.specs], pa.string()),
+            "ucd": pa.array([s.ucd for s in self.specs], pa.string()),
+            "column_index": pa.array(range(len(self.specs)), pa.int32())})
+        db.register("_columns", columns)
+        try:
+            db.execute('INSERT INTO "TAP_SCHEMA"."columns" SELECT table_name, column_name, '
+                       "datatype, arraysize, xtype, NULL, description, utype, unit, ucd, 0, 1, "
+                       "1, column_index FROM _columns")
+        finally:
+            db.unregister("_columns")
 
     # -- faults and records
 
@@ -327,7 +379,7 @@ class FakeTap:
             raise QueryError("Missing QUERY parameter")
         fmt = params.get("FORMAT", "votable").lower()
         maxrec = int(params["MAXREC"]) if params.get("MAXREC", "") != "" else None
-        sql = self.transpile(adql, maxrec)
+        sql, cap = self.transpile(adql, maxrec)
         with self.lock:
             try:
                 cur = self.db.execute(sql)
@@ -336,36 +388,38 @@ class FakeTap:
             names = [d[0] for d in cur.description]
             types = [str(d[1]) for d in cur.description]
             rows = cur.fetchall()
+        overflow = cap is not None and len(rows) > cap
+        if overflow:
+            rows = rows[:cap]
         if fmt in ("csv", "text/csv"):
             return write_csv(names, rows), "text/csv"
         specs = self.result_specs(adql, names, types)
-        return write_votable(specs, rows), "application/x-votable+xml"
+        return write_votable(specs, rows, overflow=overflow), "application/x-votable+xml"
 
-    def transpile(self, adql: str, maxrec: int | None) -> str:
+    def transpile(self, adql: str, maxrec: int | None) -> tuple[str, int | None]:
+        """DuckDB SQL for the ADQL under the row limit, and where an overflow is cut (if so)."""
         try:
-            tree = sqlglot.parse_one(adql, read="tsql")
+            tree = parse_adql(adql)
         except sqlglot.errors.ParseError as exc:
             raise QueryError(f"Could not parse your query: {exc}") from exc
-        for ordered in tree.find_all(exp.Ordered):  # PostgreSQL: NULLS LAST ascending
-            ordered.set("nulls_first", bool(ordered.args.get("desc")))
         limit = tree.args.get("limit")
         top = int(limit.expression.this) if isinstance(limit, exp.Limit) else None
         hard = self.hard_limit
         if maxrec is not None:
             hard = maxrec if hard is None else min(hard, maxrec)
-        rows = top
+        rows, cap = top, None
         if hard is not None:
             if maxrec == 0:
                 rows = 0
             elif top is None:
-                rows = hard
+                rows, cap = hard + 1, hard  # cut at the limit, flagged as an overflow
             elif top > hard:
                 rows = hard + 1  # DaCHS' quirk: one row more than the limit
         if isinstance(tree, exp.Select):
             tree.set("limit", None)
             if rows is not None:
                 tree = tree.limit(rows)
-        return tree.sql("duckdb")
+        return tree.sql("duckdb"), cap
 
     def result_specs(self, adql: str, names: Sequence[str],
                      types: Sequence[str]) -> list[ColumnSpec]:
@@ -412,13 +466,15 @@ def write_csv(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def write_votable(specs: Sequence[ColumnSpec], rows: Sequence[Sequence[Any]]) -> bytes:
-    """A results VOTable (TABLEDATA) whose FIELDs carry every part of the column specs."""
+def write_votable(specs: Sequence[ColumnSpec], rows: Sequence[Sequence[Any]], *,
+                  overflow: bool = False) -> bytes:
+    """A results VOTable (TABLEDATA) whose FIELDs carry every part of the column specs;
+    `overflow` adds DaCHS' trailing QUERY_STATUS=OVERFLOW."""
     vot = VOTableFile()
     resource = Resource()
     resource.type = "results"
     vot.resources.append(resource)
-    resource.infos.append(Info(name="QUERY_STATUS", value="OK"))
+    resource.infos.append(Info(name="QUERY_STATUS", value="OVERFLOW" if overflow else "OK"))
     table = TableElement(vot, name="result")
     resource.tables.append(table)
     descriptions: list[str] = []
@@ -485,7 +541,9 @@ class _Handler(BaseHTTPRequestHandler):
         with tap.lock:
             tap.received.append(Received(self.command, path, params, dict(self.headers),
                                          fault.action if fault else None))
-        if fault is not None:
+        if fault is not None and fault.action == "stall":
+            time.sleep(fault.delay)
+        elif fault is not None:
             self._fault(fault)
             return
         if path == "/tap/capabilities" and self.command == "GET":
@@ -537,12 +595,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
-
-
-def serve_recorded(**kwargs: Any) -> Iterator[FakeTap]:
-    """Generator for a pytest fixture: a started FakeTap holding the recorded rows."""
-    tap = FakeTap(**kwargs).load_recorded().start()
-    try:
-        yield tap
-    finally:
-        tap.stop()

@@ -1,0 +1,114 @@
+"""Layering of the package, read from the import statements of mirror/ (ast, nothing imported).
+
+    mirror.errors, mirror.config, mirror.retry, mirror.catalogue   (the foundation)
+    mirror.harvest                                                  (talks to services)
+    mirror.api                                                      (the Python API)
+    mirror.cli                                                      (imported by nobody)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mirror"
+FOUNDATION = ("mirror.errors", "mirror.config", "mirror.retry", "mirror.catalogue")
+UPPER = ("mirror.harvest", "mirror.api", "mirror.cli")
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(source: str, module: str, *, is_package: bool = False,
+               root: Path = PACKAGE) -> set[str]:
+    """Every module `source` imports, anywhere in it (functions and TYPE_CHECKING included),
+    with relative imports resolved and `from pkg import sub` counted as importing pkg.sub."""
+    found: set[str] = set()
+    here = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = here.split(".")
+                base_parts = base_parts[:len(base_parts) - (node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.add(base)
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                rel = Path(*candidate.split("."))
+                if (root.parent / rel).is_dir() or (root.parent / rel).with_suffix(".py").is_file():
+                    found.add(candidate)
+    return found
+
+
+def package_imports() -> dict[str, set[str]]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        out[name] = {m for m in imports_of(path.read_text(encoding="utf-8"), name,
+                                           is_package=path.name == "__init__.py")
+                     if m == "mirror" or m.startswith("mirror.")}
+    return out
+
+
+def within(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def violations(graph: dict[str, set[str]], sources: tuple[str, ...],
+               forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(f"{mod} imports {imp}" for mod, imps in graph.items() if within(mod, sources)
+                  for imp in imps if within(imp, forbidden))
+
+
+GRAPH = package_imports()
+
+
+def test_the_package_is_seen() -> None:
+    assert {"mirror.config", "mirror.errors", "mirror.api", "mirror.cli",
+            "mirror.harvest.harvester", "mirror.catalogue.obscore"} <= set(GRAPH)
+    assert "mirror.catalogue.engine" in GRAPH["mirror.catalogue.obscore"]
+
+
+def test_foundation_never_imports_harvest_api_or_cli() -> None:
+    assert violations(GRAPH, FOUNDATION, UPPER) == []
+
+
+def test_harvest_never_imports_api_or_cli() -> None:
+    assert violations(GRAPH, ("mirror.harvest",), ("mirror.api", "mirror.cli")) == []
+
+
+def test_nothing_imports_the_cli() -> None:
+    assert sorted(m for m, imps in GRAPH.items() if m != "mirror.cli"
+                  and any(within(i, ("mirror.cli",)) for i in imps)) == []
+
+
+def test_errors_import_nothing_of_mirror() -> None:
+    assert GRAPH["mirror.errors"] == set()
+
+
+# -- the checker itself finds what it should ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "module", "expected"), [
+    ("import mirror.cli", "mirror.catalogue.x", "mirror.cli"),
+    ("from mirror.harvest import plan", "mirror.catalogue.x", "mirror.harvest.plan"),
+    ("from ..harvest import plan", "mirror.catalogue.x", "mirror.harvest.plan"),
+    ("from .. import api", "mirror.catalogue.x", "mirror.api"),
+    ("def f():\n    from mirror.api import Mirror\n", "mirror.config", "mirror.api"),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import mirror.cli\n",
+     "mirror.errors", "mirror.cli"),
+])
+def test_checker_sees_every_form_of_import(source: str, module: str, expected: str) -> None:
+    assert expected in imports_of(source, module)
+    graph = {module: {m for m in imports_of(source, module) if m.startswith("mirror")}}
+    assert violations(graph, FOUNDATION, UPPER)
