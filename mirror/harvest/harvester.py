@@ -216,6 +216,8 @@ class Harvester:
                     runs.set_cursor(conn, self.src.name, _text(upper.watermark), upper.id)
                 else:
                     runs.set_cursor(conn, self.src.name, None, upper.id)
+                log.info("%s: window %d committed, %d rows up to %s", self.src.name,
+                         report.windows, table.num_rows, upper.id)
         return counts
 
     def _last_key(self, table: pa.Table) -> plan.Key:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -145,9 +144,12 @@ def test_kill_9_mid_sync_then_resume_equals_an_uninterrupted_run(upstream, tmp_p
     clean_dir.mkdir()
     cfg = make_config(killed_dir, upstream, page_size=60)
     env = {**os.environ, "MIRROR_CONFIG": str(cfg)}
-    proc = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--quiet", "sync"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(2.5)
+    proc = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--debug", "sync"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # kill right after the third page was committed
+        if "window 3 committed" in line:
+            break
     assert proc.poll() is None, "the sync finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
