@@ -170,7 +170,7 @@ class Harvester:
             query = plan.page_query(self.src.table, [s.name for s in self.specs], self.src.where,
                                     self.wm, self.src.id_column, key, self.page)
             try:
-                table = parse_csv(self.client.csv(query, maxrec=self.page), self.specs,
+                table = parse_csv(self.client.csv(query, maxrec=self.page, bulk=True), self.specs,
                                   self.client.url)
             except MirrorError as exc:
                 report.errors.append(f"page after {key}: {exc.message}")
@@ -258,7 +258,7 @@ class Harvester:
         while True:
             query = plan.page_query(self.src.table, [s.name for s in self.specs], where,
                                     self.wm, self.src.id_column, key, self.page)
-            table = parse_csv(self.client.csv(query, maxrec=self.page), self.specs,
+            table = parse_csv(self.client.csv(query, maxrec=self.page, bulk=True), self.specs,
                               self.client.url)
             if table.num_rows == 0:
                 return total
@@ -277,7 +277,7 @@ class Harvester:
             while True:
                 query = plan.ids_query(self.src.table, self.src.where, self.src.id_column,
                                        start, self.page)
-                ids = parse_ids(self.client.csv(query, maxrec=self.page), self.client.url)
+                ids = parse_ids(self.client.csv(query, maxrec=self.page, bulk=True), self.client.url)
                 if len(ids) == 0:
                     break
                 with self.cat.begin() as conn:

@@ -60,14 +60,15 @@ class TapClient:
                      self.url, exc.message)
             return Limits(None, None)
 
-    def csv(self, adql: str, maxrec: int | None = None) -> bytes:
-        """Run a query and return the CSV body (header line first)."""
-        return self.policy.call(lambda: self._run(adql, "csv", maxrec), "TAP query")
+    def csv(self, adql: str, maxrec: int | None = None, *, bulk: bool = False) -> bytes:
+        """Run a query and return the CSV body (header line first). `bulk` marks the large
+        page queries, which go through async jobs when the source's mode says so."""
+        return self.policy.call(lambda: self._run(adql, "csv", maxrec, bulk), "TAP query")
 
     def table(self, adql: str, maxrec: int | None = None) -> Table:
         """Run a query and return an astropy Table from the VOTable answer."""
         def ask() -> Table:
-            body = self._run(adql, "votable", maxrec)
+            body = self._run(adql, "votable", maxrec, False)
             with translate_errors(self.url):
                 results = pyvo.dal.TAPResults(parse_votable(io.BytesIO(body)), url=self.url,
                                               session=self.session)
@@ -78,14 +79,14 @@ class TapClient:
         """Every column the service publishes for `table`, with its VOTable description."""
         from mirror.harvest.plan import metadata_query
 
-        body = self.policy.call(lambda: self._run(metadata_query(table), "votable", 0),
+        body = self.policy.call(lambda: self._run(metadata_query(table), "votable", 0, False),
                                 "reading column metadata")
         with translate_errors(self.url):
             fields = parse_votable(io.BytesIO(body)).get_first_table().fields
         return [_spec(f) for f in fields]
 
-    def _run(self, adql: str, fmt: str, maxrec: int | None) -> bytes:
-        if self.mode == "async":
+    def _run(self, adql: str, fmt: str, maxrec: int | None, bulk: bool) -> bytes:
+        if bulk and self.mode == "async":
             return self._run_async(adql, fmt, maxrec)
         params = {"REQUEST": "doQuery", "LANG": "ADQL", "FORMAT": fmt, "QUERY": adql}
         if maxrec is not None:

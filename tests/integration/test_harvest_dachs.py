@@ -177,3 +177,19 @@ def test_tap_schema_is_replicated_with_descriptions_units_and_ucds(upstream, tmp
     assert snr is not None and snr[1] and snr[2]
     assert types["last_modified"] == "TIMESTAMP" and types["s_region"] == "VARCHAR"
     assert types["s_ra"] == "DOUBLE" and types["calib_level"] == "SMALLINT"
+
+
+def async_job_posts() -> int:
+    log = Path("/var/gavo/logs/web.log")
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if "'POST' '/tap/async'" in line)
+
+
+def test_async_mode_pages_through_uws_jobs_with_the_same_result(upstream, tmp_path):
+    before = async_job_posts()
+    with Mirror.open(make_config(tmp_path, upstream, mode="async")) as m:
+        [report] = m.sync()
+    assert report.status == "ok", report.errors
+    assert async_job_posts() - before >= report.windows, "pages went through UWS jobs"
+    assert report.windows >= 2 and report.proof_ok
+    assert local_rows(tmp_path / "data/m.duckdb") == upstream_rows()
