@@ -193,3 +193,41 @@ def test_async_mode_pages_through_uws_jobs_with_the_same_result(upstream, tmp_pa
     assert async_job_posts() - before >= report.windows, "pages went through UWS jobs"
     assert report.windows >= 2 and report.proof_ok
     assert local_rows(tmp_path / "data/m.duckdb") == upstream_rows()
+
+
+def test_two_sources_appear_together_in_ivoa_obscore(upstream, tmp_path):
+    cfg = tmp_path / "mirror.toml"
+    cfg.write_text('[catalogue]\npath = "data/m.duckdb"\n'
+                   f'[[source]]\nname = "harps"\nurl = "{upstream}"\n'
+                   "where = \"obs_collection = 'HARPS'\"\n"
+                   f'[[source]]\nname = "vhs"\nurl = "{upstream}"\n'
+                   "where = \"obs_collection = 'VHS'\"\n")
+    with Mirror.open(cfg) as m:
+        reports = m.sync()
+    assert [r.status for r in reports] == ["ok", "ok"]
+    con = duckdb.connect(str(tmp_path / "data/m.duckdb"), read_only=True)
+    by_source = dict(con.execute("SELECT mirror_source || '/' || obs_collection, count(*) "
+                                 "FROM ivoa.obscore GROUP BY 1").fetchall())
+    con.close()
+    truth = upstream_rows()
+    harps = sum(1 for r in truth.values() if r[2] == "HARPS")
+    assert by_source == {"harps/HARPS": harps, "vhs/VHS": len(truth) - harps}
+
+
+def test_a_second_command_says_which_sync_holds_the_catalogue(upstream, tmp_path):
+    cfg = make_config(tmp_path, upstream, page_size=60)
+    env = {**os.environ, "MIRROR_CONFIG": str(cfg)}
+    sync = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--debug", "sync"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert sync.stderr is not None
+    for line in sync.stderr:
+        if "window 1 committed" in line:
+            break
+    status = subprocess.run([sys.executable, "-m", "mirror.cli", "status"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    sync.kill()
+    sync.wait()
+    assert status.returncode == 2
+    assert "in use by `mirror --debug sync`" in status.stderr
+    assert f"pid {sync.pid}" in status.stderr
+    assert "Traceback" not in status.stderr
