@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from mirror.catalogue import products
 from mirror.catalogue.engine import Catalogue, utcnow
 from mirror.config import Config, SourceConfig
-from mirror.errors import AuthError, MirrorError
+from mirror.errors import AuthError, CollisionError, MirrorError
 from mirror.fetch import datalink
 from mirror.fetch.select import select
 from mirror.fetch.transport import Download, Outcome, Transport
@@ -87,6 +87,7 @@ class Fetcher:
             low_speed_time=config.fetch.stall_seconds)
         self.progress = progress or (lambda event: None)
         self.now = now
+        self.folders: set[Path] = set()  # renamed into, not yet fsynced
 
     def run(self, *, retry_failed: bool = False) -> FetchReport:
         started = time.monotonic()
@@ -105,6 +106,8 @@ class Fetcher:
         except MirrorError as exc:
             report.errors.append(exc.message)
             report.status = "failed"
+        finally:
+            self.transport.close()
         report.seconds = time.monotonic() - started
         if report.failed and report.status == "ok":
             report.status = "incomplete"
@@ -183,10 +186,12 @@ class Fetcher:
                 yield job, None
                 continue
             dest = self.store.temp_path(job.rel)
-            resume = dest.stat().st_size if dest.exists() else 0
+            # resume only what a recorded validator vouches for (a kill -9 records none)
+            validator = job.row.last_modified if job.row.sha256 is None else None
+            resume = dest.stat().st_size if dest.exists() and validator else 0
             by_key[i] = job
             downloads.append(Download(key=i, url=job.row.url, dest=dest, resume_from=resume,
-                                      validator=job.row.last_modified if resume else None,
+                                      validator=validator if resume else None,
                                       headers=self._auth(job.row.url)))
         for outcome in self.transport.run(downloads):
             yield by_key[outcome.key], outcome  # type: ignore[index]
@@ -253,7 +258,14 @@ class Fetcher:
             return _outcome(row, state="failed", attempts=row.attempts + 1,
                             last_error=verdict.reason), False
         if not adopt:
-            self.store.commit(path, job.rel, replace=True, synced=True)
+            try:  # a product stored before (record changed upstream) replaces its old file
+                self.store.commit(path, job.rel, replace=row.sha256 is not None, synced=True,
+                                  sha256=verdict.sha256, folders=self.folders)
+            except CollisionError as exc:
+                report.failed += 1
+                return _outcome(row, state="failed", attempts=row.attempts + 1,
+                                last_error=f"{exc.message}; the download is kept at "
+                                           f"{path.name}"), False
         report.done += 1
         report.bytes += verdict.size
         return _outcome(row, state="done", size=verdict.size, sha256=verdict.sha256,
@@ -270,6 +282,8 @@ class Fetcher:
         self.store.temp_path(job.rel).unlink(missing_ok=True)
 
     def _record(self, changes: list[dict[str, Any]]) -> None:
+        """Folder fsyncs first, then the catalogue: "done" is only ever said of durable files."""
+        self.store.sync_folders(self.folders)
         if changes:
             with self.cat.begin() as conn:
                 products.update(conn, changes)

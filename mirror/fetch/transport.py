@@ -4,29 +4,29 @@ Why this shape: libcurl does keep-alive pooling, redirects, per-host limits and 
 in C, and Python stays off the per-chunk path. Each pooled handle owns a file-descriptor "slot"
 and its WRITEFUNCTION is `partial(os.write, slot)`, set once, all C. When a response's headers
 end, a small header callback decides where the body goes and `dup2`s the destination file (or
-/dev/null, or a memfd for a short error page) onto the slot. A second thread hashes each file
-from the page cache as it grows, then fsyncs it, so sha256 runs on another core instead of
-between recv calls, with no body bytes held in Python. Waiting uses epoll via the socket API
+/dev/null, or a memfd for a short error page) onto the slot. A helper process (`_sealer.py`)
+hashes each file from the page cache as it grows, then fsyncs it: sha256 runs on another core,
+no body bytes are held in Python, and no GIL is shared (a hashing thread would hand it back and
+forth with this loop several times per file). Waiting uses epoll via the socket API
 (`multi.select` only handles fds below 1024). Results are plain `Outcome`s: the caller maps them
 to the project's errors and decides on retries.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
 import os
 import select
-import threading
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
-from queue import Empty, SimpleQueue
 from typing import Any
 
 import pycurl
@@ -34,8 +34,7 @@ import pycurl
 log = logging.getLogger("mirror")
 
 ERROR_BODY_MAX = 64 * 1024  # error pages up to this size are kept (in a memfd), never in dest
-HASH_TICK = 0.005  # seconds between the hasher's catch-ups on files still being written
-SLOW_FSYNC = 0.002  # seconds; when fsyncs take longer on average, they run in a pool
+SEALER = str(Path(__file__).with_name("_sealer.py"))
 # curl codes worth retrying: resolve/connect/send/recv failures, timeouts, partial bodies, TLS
 TRANSIENT_CURL = frozenset({5, 6, 7, 16, 18, 28, 35, 52, 55, 56, 92, 95})
 TRANSIENT_STATUS = frozenset({408, 429})
@@ -78,27 +77,31 @@ class Outcome:
 
 
 class _Xfer:
-    """One transfer. `fd` (the open dest) belongs to the hasher once it has been announced."""
+    """One transfer; `ident` names it to the sealer process."""
 
-    __slots__ = ("job", "curl", "slot", "lines", "offset", "restarted", "started", "decided",
-                 "status", "headers", "fd", "errfd", "retry", "oserror", "hasher", "hashed")
+    __slots__ = ("job", "ident", "slot", "lines", "offset", "restarted", "started", "decided",
+                 "status", "headers", "fd", "errfd", "retry", "oserror")
 
-    def __init__(self, job: Download, curl: pycurl.Curl, slot: int, restarted: bool) -> None:
-        self.job, self.curl, self.slot, self.restarted = job, curl, slot, restarted
+    def __init__(self, job: Download, ident: int, slot: int, restarted: bool) -> None:
+        self.job, self.ident, self.slot, self.restarted = job, ident, slot, restarted
         self.started = time.perf_counter()
         self.lines: list[bytes] = []
-        self.offset = self.status = self.hashed = 0
+        self.offset = self.status = 0
         self.decided = False
         self.headers: dict[str, str] = {}
         self.fd: int | None = None
         self.errfd: int | None = None
         self.retry: str | None = None  # why this resume must be redone from byte 0
         self.oserror: OSError | None = None
-        self.hasher = hashlib.sha256()
 
 
 class Transport:
-    """Concurrent HTTP downloads to files; see `run`. Not thread-safe: one `run` at a time."""
+    """Concurrent HTTP downloads to files; see `run`. Not thread-safe: one `run` at a time.
+
+    A stall is less than `low_speed_limit` bytes/s for `low_speed_time` s (libcurl averages over
+    about 5 s, so a stall after some bytes is noticed a few seconds later). `chunk_hint` is
+    libcurl's receive buffer. Use it as a context manager or call `close` (it owns a process).
+    """
 
     def __init__(self, *, concurrency: int = 16, per_host: int = 8, connect_timeout: float = 10,
                  low_speed_time: float = 30, low_speed_limit: int = 1, fsync: bool = True,
@@ -123,22 +126,17 @@ class Transport:
             self._multi.setopt(opt, value)
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._epoll = select.epoll()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._epoll.register(self._wake, select.EPOLLIN)
         self._watched: dict[int, int] = {}
         self._deadline: float | None = None
         self._idle: list[tuple[pycurl.Curl, int]] = []
         self._active: dict[pycurl.Curl, _Xfer] = {}
         self._ready: deque[Outcome] = deque()
-        self._batch: list[tuple[str, _Xfer, Outcome | None]] = []
-        self._work: SimpleQueue[list[tuple[str, _Xfer, Outcome | None]] | threading.Event | None]
-        self._work = SimpleQueue()
-        self._done: SimpleQueue[Outcome] = SimpleQueue()
-        self._sealing = 0  # outcomes the hasher still holds
-        self._pool: ThreadPoolExecutor | None = None
-        self._fsync_avg = 0.0
-        self._hasher = threading.Thread(target=self._hash_loop, name="mirror-hasher", daemon=True)
-        self._hasher.start()
+        self._ids = itertools.count()
+        self._to_seal: list[str] = []  # lines for the sealer, sent once per loop turn
+        self._sealing: dict[str, Outcome] = {}  # outcomes waiting for size and sha256
+        self._answers = b""
+        self._sealer: subprocess.Popen[bytes] | None = None  # started by the first `run`
+        self._from_sealer = -1
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -146,6 +144,13 @@ class Transport:
         """Download all jobs concurrently (at most `concurrency` at once, at most `per_host` per
         host), yielding each Outcome as soon as its transfer ends. Jobs are pulled lazily."""
         it, more = iter(jobs), True
+        if self._sealer is None:
+            self._sealer = subprocess.Popen(
+                [sys.executable, "-I", "-S", SEALER, str(int(self.fsync))],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            self._from_sealer = self._sealer.stdout.fileno()  # type: ignore[union-attr]
+            os.set_blocking(self._from_sealer, False)
+            self._epoll.register(self._from_sealer, select.EPOLLIN)
         try:
             while True:
                 while more and len(self._active) < self.concurrency:
@@ -162,22 +167,30 @@ class Transport:
         finally:
             self._abandon()
 
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Free handles, files, sockets and threads; the Transport is unusable afterwards."""
+        """Free handles, sockets and the sealer process; the Transport is unusable afterwards."""
         if self._epoll.closed:
             return
-        self._abandon()
-        self._work.put(None)
-        self._hasher.join()
-        if self._pool is not None:
-            self._pool.shutdown()
+        if self._sealer is not None:
+            self._abandon()
+            self._sealer.stdin.close()  # type: ignore[union-attr]
+            try:
+                self._sealer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._sealer.kill()
+            self._sealer.stdout.close()  # type: ignore[union-attr]
         for c, slot in self._idle:
             c.close()
             os.close(slot)
         self._multi.close()
         self._epoll.close()
-        for fd in (self._wake, self._devnull):
-            os.close(fd)
+        os.close(self._devnull)
 
     # -- the network thread ---------------------------------------------------------------------
 
@@ -189,12 +202,12 @@ class Transport:
             for opt, value in self._opts:
                 c.setopt(opt, value)
             c.setopt(pycurl.WRITEFUNCTION, partial(os.write, slot))  # the whole per-chunk path
-        x = _Xfer(job, c, slot, restarted)
+        x = _Xfer(job, next(self._ids), slot, restarted)
         headers = [f"{k}: {v}" for k, v in job.headers.items()]
         if job.resume_from > 0 and not restarted:
             try:
                 kept = os.stat(job.dest).st_size
-            except FileNotFoundError:
+            except OSError:  # missing (or unreadable: opening it will say why)
                 kept = 0
             if kept >= job.resume_from:
                 x.offset = job.resume_from
@@ -234,8 +247,11 @@ class Transport:
         if not 200 <= status < 300:
             length = hdrs.get("content-length", "")
             if length.isdigit() and int(length) <= ERROR_BODY_MAX:
-                x.errfd = os.memfd_create("mirror-error", os.MFD_CLOEXEC)
-                os.dup2(x.errfd, x.slot)
+                try:
+                    x.errfd = os.memfd_create("mirror-error", os.MFD_CLOEXEC)
+                    os.dup2(x.errfd, x.slot)
+                except OSError:
+                    pass  # then the message is lost, not the transfer
             return None
         if x.offset:
             if status != 206:  # Range ignored, or If-Range said the file changed: write from 0
@@ -258,7 +274,7 @@ class Transport:
             return 0
         x.fd = fd
         os.dup2(fd, x.slot)  # from now on the WRITEFUNCTION appends to dest
-        self._batch.append(("open", x, None))
+        self._to_seal.append(f"O\t{x.ident}\t{os.fsencode(x.job.dest).hex()}\n")
         return None
 
     def _on_socket(self, what: int, fd: int, multi: object, socketp: object) -> None:
@@ -285,13 +301,13 @@ class Transport:
         self._deadline = None if ms < 0 else time.perf_counter() + ms / 1000
 
     def _step(self) -> None:
-        """Wait for sockets, libcurl's timer or the hasher; act on all that is due."""
+        """Wait for sockets, libcurl's timer or the sealer; act on all that is due."""
         timeout = 1.0
         if self._deadline is not None:
             timeout = min(timeout, max(0.0, self._deadline - time.perf_counter()))
         multi = self._multi
         for fd, ev in self._epoll.poll(timeout):
-            if fd == self._wake:
+            if fd == self._from_sealer:
                 self._collect()
                 continue
             flags = 0
@@ -310,9 +326,8 @@ class Transport:
                 self._finish(c, code, msg)
             if not queued:
                 break
-        if self._batch:
-            self._work.put(self._batch)
-            self._batch = []
+        if self._to_seal:
+            self._send()
 
     def _finish(self, c: pycurl.Curl, code: int, msg: str) -> None:
         x = self._active.pop(c)
@@ -330,9 +345,10 @@ class Transport:
             self._start(x.job, restarted=True)
             return
         out = self._outcome(x, code, msg, error_body)
-        if x.fd is not None:  # the hasher fills in size and sha256, fsyncs, hands it back
-            self._sealing += 1
-            self._batch.append(("end", x, out))
+        if x.fd is not None:  # the sealer fills in size and sha256, fsyncs, and answers
+            os.close(x.fd)
+            self._sealing[str(x.ident)] = out
+            self._to_seal.append(f"E\t{x.ident}\n")
         else:
             self._ready.append(out)
 
@@ -366,14 +382,42 @@ class Transport:
                        restarted=x.restarted, seconds=time.perf_counter() - x.started,
                        error_body=error_body, curl_code=code)
 
-    def _collect(self) -> None:
+    def _send(self) -> None:
+        data = "".join(self._to_seal).encode()
+        self._to_seal.clear()
+        stdin = self._sealer.stdin  # type: ignore[union-attr]
+        assert stdin is not None
+        while data:  # the sealer reads its input in a thread of its own: this does not block long
+            data = data[stdin.write(data) or 0:]
+
+    def _collect(self, block: bool = False) -> list[str]:
+        """Read the sealer's answers; complete and queue the outcomes they are for."""
+        chunk = b""
         try:
-            os.eventfd_read(self._wake)
+            os.set_blocking(self._from_sealer, block)
+            chunk = os.read(self._from_sealer, 1 << 16)
         except BlockingIOError:
             pass
-        while not self._done.empty():
-            self._sealing -= 1
-            self._ready.append(self._done.get())
+        finally:
+            os.set_blocking(self._from_sealer, False)
+        if not chunk and (block or self._sealer.poll() is not None):  # type: ignore[union-attr]
+            raise RuntimeError("mirror's sealer process ended unexpectedly")
+        *lines, self._answers = (self._answers + chunk).split(b"\n")
+        barriers = []
+        for line in lines:
+            ident, size, digest, error = line.decode().split("\t")
+            out = self._sealing.pop(ident, None)
+            if ident == "P" or out is None:
+                barriers.append(size)
+                continue
+            out.size, out.sha256 = int(size), None if digest == "-" else digest
+            if error:
+                out.error, out.transient = error, False
+            elif out.error is None and out.expected_size not in (None, out.size):
+                out.error = f"truncated: {out.size} of {out.expected_size} bytes"
+                out.transient = True
+            self._ready.append(out)
+        return barriers
 
     def _abandon(self) -> None:
         """Stop what is left when the consumer stops early; partial files stay as they are."""
@@ -381,107 +425,20 @@ class Transport:
             self._multi.remove_handle(c)
             os.dup2(self._devnull, x.slot)
             self._idle.append((c, x.slot))
-            if x.errfd is not None:
-                os.close(x.errfd)
+            for fd in (x.errfd, x.fd):
+                if fd is not None:
+                    os.close(fd)
             if x.fd is not None:
-                self._batch.append(("drop", x, None))
+                self._to_seal.append(f"D\t{x.ident}\n")
         self._active.clear()
-        flushed = threading.Event()
-        self._work.put(self._batch)
-        self._work.put(flushed)
-        self._batch = []
-        flushed.wait()
-        while not self._done.empty():
-            self._done.get()
-        self._sealing = 0
+        if self._sealing or self._to_seal:  # wait until the sealer is done with every file
+            barrier = str(next(self._ids))
+            self._to_seal.append(f"P\t{barrier}\n")
+            self._send()
+            while barrier not in self._collect(block=True):
+                pass
+        self._sealing.clear()
         self._ready.clear()
-
-    # -- the hasher thread ----------------------------------------------------------------------
-
-    def _hash_loop(self) -> None:
-        """Hash growing files from the page cache; finish them (size, sha256, fsync, close)."""
-        growing: set[_Xfer] = set()
-        view = memoryview(bytearray(1 << 20))
-        while True:
-            try:
-                work = self._work.get(timeout=HASH_TICK) if growing else self._work.get()
-            except Empty:
-                work = []
-            if work is None:
-                return
-            if isinstance(work, threading.Event):
-                work.set()
-                continue
-            for kind, x, out in work:
-                if kind == "open":
-                    growing.add(x)
-                    continue
-                growing.discard(x)
-                if out is None:  # "drop": the consumer went away
-                    os.close(x.fd)  # type: ignore[arg-type]
-                    continue
-                try:
-                    self._seal(x, out, view)
-                except Exception as exc:  # never leave `run` waiting for an outcome
-                    log.exception("finishing %s failed", x.job.dest)
-                    out.error, out.transient = f"internal error: {exc!r}", False
-                    self._done.put(out)
-            for x in growing:
-                try:
-                    self._catch_up(x, view)
-                except OSError:
-                    pass  # reported by _seal, which reads the file again
-            if work:
-                os.eventfd_write(self._wake, 1)
-
-    @staticmethod
-    def _catch_up(x: _Xfer, view: memoryview) -> int:
-        """Hash what has been written since the last call; returns the file's size."""
-        fd = x.fd
-        assert fd is not None
-        size = os.fstat(fd).st_size
-        while x.hashed < size:
-            n = os.preadv(fd, [view[:size - x.hashed]], x.hashed)
-            if n <= 0:
-                break
-            x.hasher.update(view[:n])
-            x.hashed += n
-        return size
-
-    def _seal(self, x: _Xfer, out: Outcome, view: memoryview) -> None:
-        fd = x.fd
-        assert fd is not None
-        try:
-            out.size = self._catch_up(x, view)
-            out.sha256 = x.hasher.hexdigest()
-        except OSError as exc:
-            out.error, out.transient = out.error or f"cannot read back {x.job.dest}: {exc}", False
-        if out.error is None and out.expected_size not in (None, out.size):
-            out.error, out.transient = f"truncated: {out.size} of {out.expected_size} bytes", True
-        if not self.fsync:
-            os.close(fd)
-            self._done.put(out)
-        elif self._pool is not None:
-            self._pool.submit(self._fsync, fd, out, True)
-        else:  # inline while fsync is cheap (tmpfs, idle SSD): a thread handoff costs more
-            t = time.perf_counter()
-            self._fsync(fd, out, False)
-            # a moving average, as one sample may include a wait for the GIL
-            self._fsync_avg += (time.perf_counter() - t - self._fsync_avg) / 16
-            if self._fsync_avg > SLOW_FSYNC:
-                log.debug("fsync is slow here: syncing in a pool from now on")
-                self._pool = ThreadPoolExecutor(4, thread_name_prefix="mirror-fsync")
-
-    def _fsync(self, fd: int, out: Outcome, wake: bool) -> None:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            out.error, out.transient = out.error or f"fsync failed: {exc}", False
-        finally:
-            os.close(fd)
-        self._done.put(out)
-        if wake:
-            os.eventfd_write(self._wake, 1)
 
 
 def _parse_headers(lines: list[bytes]) -> tuple[int, dict[str, str]]:

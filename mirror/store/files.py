@@ -63,12 +63,15 @@ class Store:
         return target.with_name(f".{target.name}{tag}{PART}")
 
     def commit(self, temp: Path, rel: PurePosixPath | str, *, replace: bool = False,
-               synced: bool = False, sha256: str | None = None) -> Path:
+               synced: bool = False, sha256: str | None = None,
+               folders: set[Path] | None = None) -> Path:
         """Move a finished temp file into place atomically; returns the product's path.
 
         An identical file already there is kept (the temp is removed); a different one raises
         CollisionError unless `replace`. Pass `synced=True` if the writer fsynced already, and
-        `sha256` if it hashed the temp already.
+        `sha256` if it hashed the temp already. With `folders`, the folder fsync is left to a
+        later `sync_folders(folders)` (one fsync per folder per batch instead of per file): the
+        caller must call it before it records the file as stored.
         """
         target = self.resolve(rel)
         with _os_errors("store", target):
@@ -78,8 +81,18 @@ class Store:
                 os.replace(temp, target)
             elif not self._link_no_clobber(temp, target, sha256):
                 return target  # the same bytes were there already
-            _fsync_folder(target.parent)
+            if folders is None:
+                _fsync_folder(target.parent)
+            else:
+                folders.add(target.parent)
         return target
+
+    def sync_folders(self, folders: set[Path]) -> None:
+        """Make the renames into `folders` durable, then forget them."""
+        for folder in sorted(folders):
+            with _os_errors("store", folder):
+                _fsync_folder(folder)
+        folders.clear()
 
     def put(self, rel: PurePosixPath | str, data: bytes | BinaryIO, *,
             replace: bool = False) -> Path:

@@ -1,0 +1,144 @@
+"""Hashes and fsyncs the files `mirror.fetch.transport` writes, in a process of its own.
+
+Why a process: in a thread, every hash and fsync call hands the GIL back and forth with the
+network loop, which costs more than the hashing itself for small files. Run as
+``python -I -S _sealer.py FSYNC`` (stdlib only). Protocol, one tab-separated line each:
+
+    in   O <id> <path as hex>   the file is being written: hash it as it grows
+         E <id>                 writing has ended: hash the rest, fsync, answer
+         D <id>                 forget the file (the transfer was dropped)
+         P <id>                 answer "P <id> - " once everything before it is answered
+    out  <id> <size> <sha256 hex> <error or nothing>
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+TICK = 0.005  # seconds between catch-ups on files still growing
+SLOW_FSYNC = 0.002  # when fsyncs take longer on average, they run in a pool (slow disks)
+
+
+class Sealer:
+    def __init__(self, fsync: bool) -> None:
+        self.fsync = fsync
+        self.files: dict[str, list] = {}  # id -> [fd, hasher, hashed bytes]
+        self.view = memoryview(bytearray(1 << 20))
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.avg = 0.0
+
+    def answer(self, line: str) -> None:
+        with self.lock:
+            sys.stdout.buffer.write(line.encode() + b"\n")
+            sys.stdout.buffer.flush()
+
+    def catch_up(self, entry: list) -> int:
+        fd, hasher, hashed = entry
+        size = os.fstat(fd).st_size
+        while hashed < size:
+            n = os.preadv(fd, [self.view[:size - hashed]], hashed)
+            if n <= 0:
+                break
+            hasher.update(self.view[:n])
+            hashed += n
+        entry[2] = hashed
+        return hashed
+
+    def handle(self, kind: str, ident: str, rest: list[str]) -> None:
+        if kind == "O":
+            try:
+                fd = os.open(bytes.fromhex(rest[0]), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                self.files[ident] = [None, str(exc)]
+                return
+            self.files[ident] = [fd, hashlib.sha256(), 0]
+        elif kind == "D":
+            entry = self.files.pop(ident, None)
+            if entry and entry[0] is not None:
+                os.close(entry[0])
+        elif kind == "P":
+            if self.pool is not None:
+                self.pool.shutdown()  # everything before the barrier is answered
+                self.pool = None
+            self.answer(f"P\t{ident}\t-\t")
+        elif kind == "E":
+            self.end(ident, self.files.pop(ident))
+
+    def end(self, ident: str, entry: list) -> None:
+        fd = entry[0]
+        if fd is None:
+            self.answer(f"{ident}\t0\t-\tcannot read back: {entry[1]}")
+            return
+        try:
+            size, digest = self.catch_up(entry), entry[1].hexdigest()
+        except OSError as exc:
+            os.close(fd)
+            self.answer(f"{ident}\t0\t-\tcannot read back: {exc}")
+            return
+        if not self.fsync:
+            os.close(fd)
+            self.answer(f"{ident}\t{size}\t{digest}\t")
+        elif self.pool is not None:
+            self.pool.submit(self.sync, fd, ident, size, digest)
+        else:  # inline while fsync is cheap (tmpfs, idle SSD); a moving average of its time
+            t = time.perf_counter()
+            self.sync(fd, ident, size, digest)
+            self.avg += (time.perf_counter() - t - self.avg) / 16
+            if self.avg > SLOW_FSYNC:
+                self.pool = ThreadPoolExecutor(8)
+
+    def sync(self, fd: int, ident: str, size: int, digest: str) -> None:
+        error = ""
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            error = f"fsync failed: {exc}".replace("\t", " ").replace("\n", " ")
+        finally:
+            os.close(fd)
+        self.answer(f"{ident}\t{size}\t{digest}\t{error}")
+
+
+def main() -> None:
+    sealer = Sealer(fsync=sys.argv[1] == "1")
+    lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def read() -> None:  # drains stdin at once, so the parent's writes never block for long
+        for line in sys.stdin.buffer:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        growing = any(e[0] is not None for e in sealer.files.values())
+        try:
+            line = lines.get(timeout=TICK) if growing else lines.get()
+        except queue.Empty:
+            line = b""
+        while line:
+            kind, ident, *rest = line.decode().rstrip("\n").split("\t")
+            sealer.handle(kind, ident, rest)
+            try:
+                line = lines.get_nowait()
+            except queue.Empty:
+                break
+        if line is None:
+            break
+        for entry in sealer.files.values():
+            if entry[0] is not None:
+                try:
+                    sealer.catch_up(entry)
+                except OSError:
+                    pass  # reported when the file ends
+    if sealer.pool is not None:
+        sealer.pool.shutdown()
+
+
+if __name__ == "__main__":
+    main()
