@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 
-from mirror.catalogue.engine import utcnow
+from mirror.catalogue.engine import raw, utcnow
 from mirror.catalogue.models import products
 from mirror.catalogue.obscore import data_table, q
 
@@ -63,9 +64,8 @@ def queue(conn: sa.Connection, source: str, rows: Sequence[Mapping[str, Any]]) -
             & products.c.product_id.in_({r["product_id"] for r in rows})))}
     fresh = [r for r in rows if (r["product_id"], r.get("role", "this")) not in known]
     if fresh:
-        conn.execute(products.insert(), [
-            {"source": source, "role": "this", "state": "pending", "attempts": 0,
-             "selected_at": now, "updated_at": now, **r} for r in fresh])
+        _insert(conn, [{"source": source, "role": "this", "state": "pending", "attempts": 0,
+                        "selected_at": now, "updated_at": now, **r} for r in fresh])
     for r in rows:
         if (r["product_id"], r.get("role", "this")) in known:
             conn.execute(products.update().where(
@@ -112,6 +112,9 @@ def update(conn: sa.Connection, changes: Sequence[Mapping[str, Any]]) -> None:
     if not changes:
         return
     now = utcnow()
+    if conn.dialect.name == "duckdb":  # Arrow in, one UPDATE ... FROM: ~100x less overhead
+        _update_duckdb(conn, changes, now)
+        return
     cols = [sa.column(c, products.c[c].type) for c in (*_KEY, *OUTCOME)]
     v = sa.values(*cols, name="v").data([tuple(ch[c] for c in (*_KEY, *OUTCOME))
                                          for ch in changes])
@@ -119,6 +122,42 @@ def update(conn: sa.Connection, changes: Sequence[Mapping[str, Any]]) -> None:
         (products.c.source == v.c.source) & (products.c.product_id == v.c.product_id)
         & (products.c.role == v.c.role)).values(updated_at=now,
                                                 **{c: v.c[c] for c in OUTCOME}))
+
+
+def _insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if conn.dialect.name != "duckdb":
+        conn.execute(products.insert(), rows)
+        return
+    cols = [c.name for c in products.columns if any(c.name in r for r in rows)]
+    batch = pa.table({c: pa.array([r.get(c) for r in rows], _ARROW.get(c, pa.string()))
+                      for c in cols})
+    raw(conn).register("_new_products", batch)
+    try:
+        conn.exec_driver_sql(f"INSERT INTO products ({', '.join(cols)}) "
+                             f"SELECT {', '.join(cols)} FROM _new_products")
+    finally:
+        raw(conn).unregister("_new_products")
+
+
+_ARROW = {"size": pa.int64(), "estimated_size": pa.int64(), "attempts": pa.int32(),
+          "embargo_until": pa.timestamp("us"), "fetched_at": pa.timestamp("us"),
+          "selected_at": pa.timestamp("us"), "updated_at": pa.timestamp("us")}
+
+
+def _update_duckdb(conn: sa.Connection, changes: Sequence[Mapping[str, Any]],
+                   now: datetime) -> None:
+    batch = pa.table({c: pa.array([ch[c] for ch in changes], _ARROW.get(c, pa.string()))
+                      for c in (*_KEY, *OUTCOME)})
+    duck = raw(conn)
+    duck.register("_outcomes", batch)
+    try:
+        sets = ", ".join(f"{c} = v.{c}" for c in OUTCOME)
+        conn.exec_driver_sql(
+            f"UPDATE products SET {sets}, updated_at = ? FROM _outcomes v "
+            "WHERE products.source = v.source AND products.product_id = v.product_id "
+            "AND products.role = v.role", (now,))
+    finally:
+        duck.unregister("_outcomes")
 
 
 def counts(conn: sa.Connection) -> dict[str, dict[str, tuple[int, int]]]:

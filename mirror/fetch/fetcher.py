@@ -60,6 +60,8 @@ class FetchReport:
 class _Job:
     row: sa.Row[Any]
     rel: PurePosixPath
+    target: Path = Path()  # where the product goes, resolved inside the store
+    temp: Path = Path()  # its download file beside it
 
     @property
     def key(self) -> dict[str, Any]:
@@ -181,11 +183,12 @@ class Fetcher:
         by_key: dict[int, _Job] = {}
         downloads = []
         for i, job in enumerate(jobs):
-            if self.store.exists(job.rel) and job.row.sha256 is None:
+            job.target = self.store.resolve(job.rel)
+            if job.row.sha256 is None and job.target.is_file():
                 report.adopted += 1
                 yield job, None
                 continue
-            dest = self.store.temp_path(job.rel)
+            job.temp = dest = self.store.temp_path(job.rel)
             # resume only what a recorded validator vouches for (a kill -9 records none)
             validator = job.row.last_modified if job.row.sha256 is None else None
             resume = dest.stat().st_size if dest.exists() and validator else 0
@@ -206,10 +209,10 @@ class Fetcher:
         """Turn a transfer's outcome into the product's new state; True: try again later."""
         row = job.row
         if out is None:  # adopt a file that reached its place before the crash
-            return self._verify_and_commit(job, self.store.resolve(job.rel), None, report,
+            return self._verify_and_commit(job, job.target, None, report,
                                            adopt=True)
         if out.error is None and out.status is not None and out.status < 300:
-            return self._verify_and_commit(job, self.store.temp_path(job.rel), out, report)
+            return self._verify_and_commit(job, job.temp, out, report)
         validator = out.headers.get("last-modified") or out.headers.get("etag")
         if out.status == 401:
             release = self._release(row)
@@ -279,7 +282,7 @@ class Fetcher:
                                          row.product_id)
 
     def _drop_partial(self, job: _Job) -> None:
-        self.store.temp_path(job.rel).unlink(missing_ok=True)
+        job.temp.unlink(missing_ok=True)
 
     def _record(self, changes: list[dict[str, Any]]) -> None:
         """Folder fsyncs first, then the catalogue: "done" is only ever said of durable files."""

@@ -32,6 +32,8 @@ class Store:
         with _os_errors("create the store folder", root):
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(root).resolve()
+        self._checked: set[PurePosixPath] = set()  # folders already resolved inside the root
+        self._made: set[Path] = set()  # folders known to exist
 
     def resolve(self, rel: PurePosixPath | str) -> Path:
         """The absolute path of `rel`; raises UnsafePathError if it would leave the root."""
@@ -41,6 +43,14 @@ class Store:
             raise UnsafePathError(f"refusing store path {str(rel)!r}: {bad}", path=str(rel),
                                   hint="store paths come from layout.render; report this name")
         target = self.root.joinpath(*rel.parts)
+        # Resolving every component costs a syscall each; a folder once found inside the
+        # root is remembered, so per file only the last component needs a look.
+        if rel.parent not in self._checked or target.is_symlink():
+            self._check_inside(target, rel)
+            self._checked.add(rel.parent)
+        return target
+
+    def _check_inside(self, target: Path, rel: PurePosixPath) -> None:
         try:
             real = target.resolve()  # follows symlinks anywhere along the way
         except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before 3.13)
@@ -50,7 +60,6 @@ class Store:
             raise UnsafePathError(f"store path {str(rel)!r} leads outside the store "
                                   f"(to {real}) through a symbolic link", path=str(rel),
                                   hint=f"remove the symbolic link under {self.root}")
-        return target
 
     def temp_path(self, rel: PurePosixPath | str, key: str | None = None) -> Path:
         """The temp file for `rel`, in its folder (created); the same name again after a crash,
@@ -204,6 +213,8 @@ class Store:
 
     def _make_folders(self, folder: Path) -> None:
         """mkdir -p, fsyncing each new folder's parent so the folder survives a crash."""
+        if folder in self._made:
+            return
         missing = []
         while not folder.exists():
             missing.append(folder)
@@ -212,6 +223,7 @@ class Store:
             for new in reversed(missing):
                 new.mkdir(exist_ok=True)
                 _fsync_folder(new.parent)
+        self._made.add(folder if not missing else missing[0])
 
 
 def _unsafe_reason(rel: PurePosixPath) -> str | None:
