@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pyvo
 import requests
 import requests.auth
+import urllib3
 from astropy.io.votable import parse as parse_votable
 
 from mirror import __version__
@@ -107,7 +108,7 @@ def translate_errors(url: str) -> Iterator[None]:
     except UpstreamError:
         raise
     except (requests.ConnectionError, requests.Timeout,
-            requests.exceptions.ChunkedEncodingError) as exc:
+            requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError) as exc:
         raise TransientError(f"{url}: {type(exc).__name__}: {exc}", url=url) from exc
     except pyvo.dal.DALQueryError as exc:
         raise PermanentError(f"{url} refused the query: {exc.reason}",

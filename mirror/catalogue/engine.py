@@ -30,7 +30,10 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 # The same config for every connection of the process: user queries must not reach files or the
 # network, and DuckDB requires one config per file and process, so the writer is restricted too.
-DUCKDB_CONFIG: dict[str, Any] = {"enable_external_access": False}
+# A large checkpoint threshold: with DuckDB's 16 MB default, bulk ingest checkpoints (and
+# recompresses the table) every few pages, and gets slower as the table grows.
+DUCKDB_CONFIG: dict[str, Any] = {"enable_external_access": False,
+                                 "checkpoint_threshold": "256MB"}
 
 
 class DuckDBImpl(DefaultImpl):

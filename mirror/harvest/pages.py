@@ -14,12 +14,12 @@ from mirror.errors import PermanentError
 
 def parse_csv(body: bytes, specs: Sequence[ColumnSpec], url: str = "") -> pa.Table:
     """Parse a TAP CSV answer; the header must name exactly the columns asked for."""
-    head = body.lstrip()[:200]
+    head = body[:1024].lstrip()[:200]  # never copy a whole page just to look at its start
     if head.startswith(b"<"):
         raise PermanentError(f"{url} answered with XML/HTML where CSV was asked for",
                              "the service may not support FORMAT=csv; set mode or check url",
                              url=url)
-    if not body.strip():
+    if not body or body.isspace():
         raise PermanentError(f"{url} answered an empty body where CSV was asked for", url=url)
     names = [s.name for s in specs]
     try:
@@ -51,7 +51,7 @@ def _check_header(body: bytes, names: Sequence[str], url: str) -> None:
 
 def parse_ids(body: bytes, url: str = "") -> pa.Array:
     """A one-column CSV of IDs -> an Arrow string array."""
-    if body.lstrip()[:1] == b"<":
+    if body[:1024].lstrip()[:1] == b"<":
         raise PermanentError(f"{url} answered XML/HTML where CSV was asked for", url=url)
     table = pacsv.read_csv(
         io.BytesIO(body), read_options=pacsv.ReadOptions(column_names=["id"], skip_rows=1),

