@@ -151,31 +151,35 @@ class Fetcher:
             if not rows:
                 return
             jobs = [_Job(r, PurePosixPath(r.path)) for r in rows]
-            retry_after = self._pass(jobs, report, final=attempt == self.config.fetch.retries)
-            if retry_after is None:
+            again, hint = self._pass(jobs, report, final=attempt == self.config.fetch.retries)
+            if not again:
                 return
-            wait = self.policy.delay(attempt, retry_after)
+            wait = self.policy.delay(attempt, hint)
             log.info("%s: retrying transient failures in %.1f s", self.src.name, wait)
             self.policy.sleep(wait)
 
-    def _pass(self, jobs: list[_Job], report: FetchReport, *, final: bool) -> float | None:
-        """One pass; returns a Retry-After hint (0 if none) when something should be retried."""
+    def _pass(self, jobs: list[_Job], report: FetchReport, *,
+              final: bool) -> tuple[bool, float | None]:
+        """One pass; returns whether something should be retried, and the longest Retry-After
+        a server asked for (None: back off exponentially)."""
         pending_changes: list[dict[str, Any]] = []
         last_commit = time.monotonic()
-        retry: float | None = None
+        again_any, hint = False, None
         total = len(jobs)
         for n, (job, outcome) in enumerate(self._transfers(jobs, report), start=1):
             change, again = self._judge(job, outcome, report, final=final)
             pending_changes.append(change)
             if again:
-                retry = max(retry or 0.0, outcome.retry_after or 0.0) if outcome else 0.0
+                again_any = True
+                if outcome is not None and outcome.retry_after is not None:
+                    hint = max(hint or 0.0, outcome.retry_after)
             if time.monotonic() - last_commit > RECORD_EVERY:
                 self._record(pending_changes)
                 pending_changes, last_commit = [], time.monotonic()
             self.progress({"phase": "fetch", "source": self.src.name, "done": n,
                            "total": total, "bytes": report.bytes})
         self._record(pending_changes)
-        return retry
+        return again_any, hint
 
     def _transfers(self, jobs: list[_Job],
                    report: FetchReport) -> Iterator[tuple[_Job, Outcome | None]]:
@@ -200,6 +204,8 @@ class Fetcher:
             yield by_key[outcome.key], outcome  # type: ignore[index]
 
     def _auth(self, url: str) -> dict[str, str]:
+        """The token, for the archive's own host only (any port: ESO serves files elsewhere
+        on the same host); libcurl drops it on a redirect to another host."""
         if self.token and urlsplit(url).hostname == self.host:
             return {"Authorization": f"Bearer {self.token}"}
         return {}
@@ -253,7 +259,8 @@ class Fetcher:
                 self.store.quarantine(job.rel, verdict.reason)
                 return _outcome(row, state="pending", last_error=verdict.reason), True
             path.unlink(missing_ok=True)
-            transient = verdict.kind in ("truncated", "size-mismatch")
+            # an error page served with 200 (maintenance, overload) may pass; bounded by retries
+            transient = verdict.kind in ("truncated", "size-mismatch", "html")
             if transient and row.attempts + 1 < self.config.fetch.retries:
                 return _outcome(row, state="pending", attempts=row.attempts + 1,
                                 last_error=verdict.reason), True
@@ -269,8 +276,8 @@ class Fetcher:
                 return _outcome(row, state="failed", attempts=row.attempts + 1,
                                 last_error=f"{exc.message}; the download is kept at "
                                            f"{path.name}"), False
-        report.done += 1
-        report.bytes += verdict.size
+            report.done += 1
+            report.bytes += verdict.size
         return _outcome(row, state="done", size=verdict.size, sha256=verdict.sha256,
                         content_type=content_type,
                         last_modified=(out.headers.get("last-modified") if out else None),

@@ -221,7 +221,10 @@ class Transport:
         else:
             c.unsetopt(pycurl.RANGE)
         c.setopt(pycurl.URL, job.url)
-        c.setopt(pycurl.HTTPHEADER, headers)
+        if headers:
+            c.setopt(pycurl.HTTPHEADER, headers)
+        else:  # setopt(HTTPHEADER, []) is a no-op in pycurl: pooled handles keep old headers
+            c.unsetopt(pycurl.HTTPHEADER)
         c.setopt(pycurl.HEADERFUNCTION, self._header_callback(x))
         self._active[c] = x
         self._multi.add_handle(c)

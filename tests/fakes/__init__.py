@@ -32,10 +32,19 @@ def toml_value(value: Any) -> str:
 
 
 def write_config(directory: Path, *sources: dict[str, Any], catalogue: str = "cat/mirror.duckdb",
-                 store: str = "store", name: str = "mirror.toml") -> Path:
-    """Write a config file with the given [[source]] tables; returns its path."""
+                 store: str = "store", name: str = "mirror.toml", layout: str | None = None,
+                 fetch: dict[str, Any] | None = None) -> Path:
+    """Write a config file with the given [[source]] tables (and, if given, a [store] layout
+    and [fetch] settings); returns its path."""
     lines = ["[catalogue]", f"path = {toml_value(catalogue)}", "", "[store]",
-             f"root = {toml_value(store)}", ""]
+             f"root = {toml_value(store)}"]
+    if layout is not None:
+        lines.append(f"layout = {toml_value(layout)}")
+    lines.append("")
+    if fetch:
+        lines.append("[fetch]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in fetch.items())
+        lines.append("")
     for src in sources:
         lines.append("[[source]]")
         lines.extend(f"{k} = {toml_value(v)}" for k, v in src.items())
