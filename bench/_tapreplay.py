@@ -6,7 +6,8 @@ recorded, so a first pass records and later identical passes are pure replays (c
 look-up and a socket write). `DuckDBAnswerer` is such an answerer: it runs the (plain) ADQL on a
 DuckDB connection and writes CSV or VOTable (BINARY like DaCHS' default, TABLEDATA, BINARY2).
 
-`GET /_replay/stats` tells how many answers were replayed and how many were made live.
+`GET /_replay/stats` tells how many answers were replayed and how many were made live (and the
+last queries answered live). `/capabilities` answers 404 unless a document is given.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ import sqlglot
 from astropy.io.votable.tree import Field, Info, Resource, TableElement, VOTableFile
 
 Key = tuple[str, str | None, str | None]  # QUERY, FORMAT, MAXREC as the client sent them
-ENCODINGS = {"votable": "binary", "application/x-votable+xml": "binary", "votable/td": "tabledata",
-             "votabletd": "tabledata", "votable/b2": "binary2", "votableb2": "binary2"}
+ENCODINGS = {  # FORMAT values (lower-cased) -> serialization, after DaCHS' output formats
+    "votable": "binary", "application/x-votable+xml": "binary",
+    "votable/td": "tabledata", "votabletd": "tabledata", "text/xml": "tabledata",
+    "application/x-votable+xml;serialization=tabledata": "tabledata",
+    "votable/b2": "binary2", "votableb2": "binary2",
+    "application/x-votable+xml;serialization=binary2": "binary2"}
 VOTABLE_TYPE = "application/x-votable+xml"
 
 
@@ -71,6 +76,7 @@ class ReplayServer:
         self.base = base.rstrip("/")
         self.capabilities = capabilities
         self.stats = {"replayed": 0, "live": 0, "unknown": 0}
+        self.recent_live: list[str] = []  # the last queries answered live, for diagnosis
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
@@ -97,6 +103,7 @@ class ReplayServer:
             if found.status == 200:
                 self.responses[key] = found
         self.stats["live"] += 1
+        self.recent_live = [*self.recent_live[-4:], key[0][:300]]
         return found
 
     def start(self) -> ReplayServer:
@@ -119,7 +126,8 @@ def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             parts = urlsplit(self.path)
             if parts.path == "/_replay/stats":
-                self._send(Answer(json.dumps(server.stats).encode(), "application/json"))
+                body = {**server.stats, "recent_live": server.recent_live}
+                self._send(Answer(json.dumps(body).encode(), "application/json"))
             elif parts.path == server.base + "/capabilities" and server.capabilities:
                 self._send(Answer(server.capabilities, "text/xml"))
             elif parts.path == server.base + "/sync":

@@ -1,11 +1,15 @@
 """Benchmark: mirror's ObsCore ingest against the pyvo + astropy path and DuckDB's own CSV load.
 
-A local TAP server (127.0.0.1, a process of its own) serves a deterministic synthetic ObsCore
-table. Every client runs twice in a fresh process: a first pass records the server's answers
-(made live by DuckDB), the measured pass replays them, so the server costs a dict look-up and a
-socket write. Printed, from one run: mirror's ingest rows/s (whole sync, and its page phase),
-pyvo's `run_sync(...).to_table()` rows/s over the same keyset pages, DuckDB's own
-`read_csv` rows/s over the same rows, and mirror's peak RSS at two table sizes.
+A local TAP server (127.0.0.1, a process of its own, so it shares no GIL with the client)
+serves a deterministic synthetic ObsCore table. Each client runs in fresh processes: a first pass
+records the server's answers (made live by DuckDB), the measured passes replay them, so the
+server costs a dict look-up and a socket write. Printed, from one run: mirror's ingest rows/s
+(the whole sync, and its page phase alone), pyvo's `run_sync(...).to_table()` rows/s over the
+same keyset pages, DuckDB's own `read_csv` rows/s over the same rows, and mirror's peak RSS at
+two table sizes, with the ratios against the targets (the exit code is 0 either way).
+
+The pyvo path gets the VOTable serialization a DaCHS service sends when a client names no
+FORMAT, BINARY (DaCHS' "votable" writer); `--votable tabledata` measures TABLEDATA instead.
 
     python bench/harvest.py              # 200,000 rows (and 50,000 for the RSS check)
     python bench/harvest.py --quick      # 20,000 rows: a smoke check
@@ -16,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from typing import Any
 import requests
 
 TABLE, ID, WATERMARK = "ivoa.obscore", "obs_publisher_did", "last_modified"
+# mirror / pyvo >= 5; mirror / DuckDB >= 0.70; peak RSS at 4x the rows within 15 % ("flat")
 TARGETS = {"pyvo": 5.0, "duckdb": 0.70, "rss": 1.15}
 
 
@@ -45,8 +52,16 @@ def serve(rows: int, seed: int, encoding: str) -> None:
     conn.unregister("_synth")
     create_tap_schema(conn, TABLE, fields(), "synthetic ESO-like ObsCore")
     server = ReplayServer(answerer=DuckDBAnswerer(conn, fields(), encoding))
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     print(server.url, flush=True)
     server.serve_forever()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Never outlive the benchmark, even when it is killed."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(0)
 
 
 def start_server(rows: int, seed: int, encoding: str) -> tuple[subprocess.Popen[str], str]:
@@ -62,7 +77,8 @@ def start_server(rows: int, seed: int, encoding: str) -> tuple[subprocess.Popen[
     return proc, url
 
 
-def stats(url: str) -> dict[str, int]:
+def stats(url: str) -> dict[str, Any]:
+    """The server's counts of replayed and live answers."""
     root = url.rsplit("/", 1)[0]
     return requests.get(root + "/_replay/stats", timeout=10).json()  # type: ignore[no-any-return]
 
@@ -70,22 +86,35 @@ def stats(url: str) -> dict[str, int]:
 def child(kind: str, *args: str) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; it prints one JSON line."""
     done = subprocess.run([sys.executable, __file__, "--child", kind, *args],
-                          stdout=subprocess.PIPE, text=True, timeout=600, check=True)
+                          stdout=subprocess.PIPE, text=True, timeout=600)
+    if done.returncode:
+        raise SystemExit(f"the {kind} process failed (exit {done.returncode}), see above")
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def replayed(kind: str, url: str, *args: str, measured: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Record pass, then the measured pass, which must be answered from the recording alone."""
+def replayed(kind: str, url: str, args: list[str], repeat: int,
+             first: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A record pass, then `repeat` measured passes answered from the recording alone."""
     child(kind, url, *args)
-    before = stats(url)
-    result = child(kind, url, *args, *measured)
-    live = stats(url)["live"] - before["live"]
-    if live:
-        print(f"warning: {live} answers of the measured {kind} pass were not replays")
-    return result
+    live = stats(url)["live"]
+    results = [child(kind, url, *args, *(first if i == 0 else ())) for i in range(repeat)]
+    after = stats(url)
+    if after["live"] != live:
+        print(f"warning: {after['live'] - live} answers to the measured {kind} passes were "
+              f"made live, not replayed, e.g. {after['recent_live'][-1][:160]!r}")
+    return best(results)
+
+
+def best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest run (the least disturbed on a shared machine), with the highest peak RSS."""
+    fastest = dict(min(results, key=lambda r: float(r["seconds"])))
+    fastest["rss_mb"] = max(float(r["rss_mb"]) for r in results)
+    fastest["runs"] = len(results)
+    return fastest
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set size so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -174,17 +203,24 @@ def measure_pyvo(url: str, page: int, encoding: str) -> dict[str, Any]:
     return {"rows": rows, "seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb()}
 
 
-def measure_duckdb_csv(rows: int, seed: int, workdir: str) -> dict[str, Any]:
-    """DuckDB's own load: the same rows as one CSV file -> a typed table in a fresh file."""
+def write_csv(rows: int, seed: int, path: str) -> dict[str, Any]:
+    """The same rows as one CSV file, written by the server's CSV writer (same text)."""
     import duckdb
-    from _synthobscore import fields, make_table
+    from _synthobscore import make_table
+
+    with duckdb.connect() as writer:
+        writer.register("_synth", make_table(rows, seed))
+        writer.execute(f"COPY _synth TO '{path}' (FORMAT csv, HEADER)")
+    return {"path": path}
+
+
+def measure_duckdb_csv(path: str, workdir: str) -> dict[str, Any]:
+    """DuckDB's own load: the CSV file -> a table typed as mirror types it, in a fresh file."""
+    import duckdb
+    from _synthobscore import fields
 
     from mirror.catalogue.types import ColumnSpec, local_type
 
-    path = Path(workdir) / "obscore.csv"
-    with duckdb.connect() as writer:  # the server's CSV writer, so the same text
-        writer.register("_synth", make_table(rows, seed))
-        writer.execute(f"COPY _synth TO '{path}' (FORMAT csv, HEADER)")
     types = {f.name: local_type(ColumnSpec(f.name, f.datatype, f.arraysize, f.xtype))
              for f in fields()}
     spec = "{" + ", ".join(f"'{n}': '{t}'" for n, t in types.items()) + "}"
@@ -198,32 +234,34 @@ def measure_duckdb_csv(rows: int, seed: int, workdir: str) -> dict[str, Any]:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    kind, rest = args.child[0], args.child[1:]
+    """One measurement (or the CSV file) in this fresh process; prints one JSON line."""
+    kind, arg = args.child[0], args.child[1]
     with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp:
         if kind == "sync":
-            result = measure_sync(rest[0], args.page_size, tmp, args.profile)
+            result = measure_sync(arg, args.page_size, tmp, args.profile)
         elif kind == "pyvo":
-            result = measure_pyvo(rest[0], args.page_size, args.votable)
+            result = measure_pyvo(arg, args.page_size, args.votable)
+        elif kind == "csvfile":
+            result = write_csv(args.rows, args.seed, arg)
         else:
-            result = measure_duckdb_csv(args.rows, args.seed, tmp)
+            result = measure_duckdb_csv(arg, tmp)
     print(json.dumps(result))
 
 
 # -- the report ---------------------------------------------------------------------------------
 
 def rate(result: dict[str, Any], seconds: str = "seconds") -> float:
+    """Rows per second of a result, over one of its durations."""
     return float(result["rows"]) / max(float(result[seconds]), 1e-9)
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def report(args: argparse.Namespace, small: int, res: dict[str, dict[str, Any]]) -> None:
     """The table of figures, the phase breakdown and the three ratios against their targets."""
     big, sm, pyvo_, duck = res["sync"], res["sync_small"], res["pyvo"], res["duckdb"]
-    print(f"\nmirror ingest benchmark: {args.rows:,} ObsCore rows x 49 columns, "
-          f"pages of {args.page_size:,}, replayed from 127.0.0.1\n")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nmirror ingest benchmark: {args.rows:,} ObsCore rows x 49 columns, pages of "
+          f"{args.page_size:,}, replayed from 127.0.0.1; best of {res['sync']['runs']} "
+          f"(load average now {load} on {os.cpu_count()} CPUs)\n")
     print(f"{'path':<46}{'rows':>9}{'seconds':>9}{'rows/s':>10}{'peak RSS':>10}")
     lines = [("mirror: whole sync (pages, proofs, IDs, count)", big, "seconds"),
              ("mirror: page ingest only", big, "page_seconds"),
@@ -246,44 +284,52 @@ def report(args: argparse.Namespace, small: int, res: dict[str, dict[str, Any]])
               (f"RSS {args.rows:,} / RSS {small:,} rows", big["rss_mb"] / sm["rss_mb"],
                f"<= {TARGETS['rss']:.2f} (flat)", big["rss_mb"] / sm["rss_mb"] <= TARGETS["rss"])]
     for label, value, target, ok in ratios:
-        print(f"{label:<36}{value:>8.2f}   target {target:<16}{verdict(ok)}")
+        print(f"{label:<36}{value:>8.2f}   target {target:<16}{'PASS' if ok else 'MISS'}")
     page_ratio = rate(big, "page_seconds") / rate(duck)
     print(f"(page ingest alone / DuckDB read_csv: {page_ratio:.2f})")
 
 
 def main() -> None:
+    """Parse the flags; run as the benchmark, or as one of its server or child processes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the large table")
     parser.add_argument("--quick", action="store_true", help="20,000 rows: a smoke check")
     parser.add_argument("--page-size", type=int, default=10_000, help="mirror's page_size")
     parser.add_argument("--votable", default="binary", choices=("binary", "tabledata", "binary2"),
                         help="VOTable serialization for pyvo (DaCHS sends BINARY by default)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="measured passes per path; the fastest counts (default 3, quick 1)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--profile", action="store_true", help="cProfile the mirror sync")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.rows = 20_000
+        args.rows, args.repeat = 20_000, 1
     if args.serve:
         return serve(args.rows, args.seed, args.votable)
     if args.child:
         return run_child(args)
-    small, common = args.rows // 4, ["--page-size", str(args.page_size), "--votable", args.votable]
+    small = args.rows // 4
+    common = ["--page-size", str(args.page_size), "--votable", args.votable]
+    repeat = 1 if args.profile else args.repeat
     servers = []
     try:
         servers.append(start_server(args.rows, args.seed, args.votable))
         servers.append(start_server(small, args.seed, args.votable))
         (_, url), (_, small_url) = servers
-        prof = ["--profile"] if args.profile else []
-        res = {"sync": replayed("sync", url, *common, measured=prof),
-               "sync_small": replayed("sync", small_url, *common),
-               "pyvo": replayed("pyvo", url, *common),
-               "duckdb": child("duckdb", "--rows", str(args.rows), "--seed", str(args.seed))}
+        prof = ("--profile",) if args.profile else ()
+        res = {"sync": replayed("sync", url, common, repeat, prof),
+               "sync_small": replayed("sync", small_url, common, repeat),
+               "pyvo": replayed("pyvo", url, common, repeat)}
     finally:
         for proc, _ in servers:
             proc.terminate()
             proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp:
+        csv = str(Path(tmp) / "obscore.csv")
+        child("csvfile", csv, "--rows", str(args.rows), "--seed", str(args.seed))
+        res["duckdb"] = best([child("duckdb", csv) for _ in range(repeat)])
     report(args, small, res)
 
 
