@@ -11,9 +11,16 @@
     │   └── AuthError          the archive refused the token or sent a login page
     ├── SyncError              a sync ran but could not prove or apply its result
     │   └── WithdrawalCapError more records vanished upstream than `max_withdrawals` allows
-    └── StoreError             the product store cannot place, keep or hand out a file
-        ├── UnsafePathError    a path would leave the store root (hostile or broken name)
-        └── CollisionError     a different file already sits at the target path
+    ├── StoreError             the product store cannot place, keep or hand out a file
+    │   ├── UnsafePathError    a path would leave the store root (hostile or broken name)
+    │   └── CollisionError     a different file already sits at the target path
+    └── AdqlError              an ADQL query cannot be translated
+        ├── AdqlSyntaxError    not ADQL: knows line, column and the offending text
+        ├── AdqlUnsupportedError valid ADQL this mirror does not implement (names it)
+        ├── AdqlSecurityError  refused: not a query, or it would touch files, network, settings
+        ├── AdqlTypeError      parts that do not fit: a geometry as a condition, unconvertible units
+        ├── UnknownTableError  no such table here; suggests the closest names
+        └── UnknownColumnError no such column in the query's tables; suggests the closest names
 
 Foreign exceptions are translated at the edge where they occur, always ``raise ... from exc``.
 """
@@ -104,3 +111,63 @@ class CollisionError(StoreError):
         super().__init__(message, hint, path=path)
         self.existing = existing
         self.incoming = incoming
+
+
+class AdqlError(MirrorError):
+    """An ADQL query that cannot be translated to the local catalogue's SQL."""
+
+
+class AdqlSyntaxError(AdqlError):
+    """Not ADQL; `line` and `column` (1-based) point at `text`, the offending part."""
+
+    def __init__(self, message: str, hint: str | None = None, *, query: str = "",
+                 line: int = 0, column: int = 0, text: str = "") -> None:
+        super().__init__(message, hint)
+        self.query = query
+        self.line = line
+        self.column = column
+        self.text = text
+
+    def __str__(self) -> str:
+        where = f" (line {self.line}, column {self.column})" if self.line else ""
+        out = f"{self.message}{where}"
+        lines = self.query.splitlines()
+        if 0 < self.line <= len(lines):
+            source = lines[self.line - 1].expandtabs(1)
+            width = max(1, len(self.text.splitlines()[0]) if self.text else 1)
+            out += f"\n  {source}\n  {' ' * max(0, self.column - 1)}{'^' * width}"
+        return out if not self.hint else f"{out}\n  hint: {self.hint}"
+
+
+class AdqlUnsupportedError(AdqlError):
+    """Valid ADQL that this mirror does not implement; `construct` names it."""
+
+    def __init__(self, message: str, hint: str | None = None, *, construct: str = "") -> None:
+        super().__init__(message, hint)
+        self.construct = construct
+
+
+class AdqlSecurityError(AdqlError):
+    """Refused: not a SELECT, or it would touch files, the network or settings."""
+
+
+class AdqlTypeError(AdqlError):
+    """Well-formed ADQL whose parts do not fit (a geometry as a condition, units that differ)."""
+
+
+class UnknownTableError(AdqlError):
+    """A table the catalogue does not have; `suggestions` are the closest known names."""
+
+    def __init__(self, message: str, hint: str | None = None, *,
+                 suggestions: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.suggestions = suggestions
+
+
+class UnknownColumnError(AdqlError):
+    """A column none of the query's tables has; `suggestions` are the closest names."""
+
+    def __init__(self, message: str, hint: str | None = None, *,
+                 suggestions: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.suggestions = suggestions
