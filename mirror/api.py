@@ -16,6 +16,7 @@ from mirror.fetch.audit import AuditReport, audit
 from mirror.fetch.fetcher import Fetcher, FetchReport
 from mirror.harvest.harvester import Harvester, Progress, SyncReport
 from mirror.harvest.tap import TapClient
+from mirror.query import QueryResult, Runner
 from mirror.retry import RetryPolicy
 from mirror.store.files import Store
 
@@ -47,6 +48,7 @@ class Mirror:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._catalogue: Catalogue | None = None
+        self._runner: Runner | None = None
 
     @classmethod
     def open(cls, config_path: str | os.PathLike[str] | None = None) -> Mirror:
@@ -58,6 +60,7 @@ class Mirror:
         if self._catalogue is not None and (self._catalogue.read_only is False or not write):
             return self._catalogue
         if self._catalogue is not None:
+            self._close_runner()  # its connection would keep the read-only database open
             self._catalogue.close()
         self._catalogue = Catalogue.open(self.config.catalogue_path, read_only=not write)
         if write:
@@ -66,8 +69,11 @@ class Mirror:
         return self._catalogue
 
     def init(self) -> str | None:
-        """Create or migrate the catalogue; returns its alembic revision."""
-        return self.catalogue().revision()
+        """Create or migrate the catalogue (and its views); returns its alembic revision."""
+        cat = self.catalogue()
+        with cat.begin() as conn:
+            obscore.rebuild_views(conn)
+        return cat.revision()
 
     def sync(self, source: str | None = None, *, dry_run: bool = False, full: bool = False,
              progress: Progress | None = None,
@@ -80,6 +86,7 @@ class Mirror:
             client = TapClient(src.url, token=src.token(), timeout=src.timeout, mode=src.mode,
                                policy=policy or RetryPolicy(attempts=src.retries))
             reports.append(Harvester(cat, src, client, progress).run(dry_run=dry_run, full=full))
+        self._close_runner()  # tables and columns may have changed
         return reports
 
     def fetch(self, source: str | None = None, *, retry_failed: bool = False,
@@ -129,7 +136,22 @@ class Mirror:
         with self.catalogue(write=False).begin() as conn:
             return [dict(r._mapping) for r in runs.runs(conn, source, limit)]
 
+    def query(self, adql: str, *, maxrec: int | None = None,
+              timeout: float | None = None) -> QueryResult:
+        """Run an ADQL query on the local catalogue (read-only), at most `maxrec` rows within
+        `timeout` seconds (defaults: [query] maxrec and timeout)."""
+        if self._runner is None:
+            self._runner = Runner(self.catalogue(write=False), timeout=self.config.query.timeout,
+                                  maxrec=self.config.query.maxrec)
+        return self._runner.query(adql, maxrec=maxrec, timeout=timeout)
+
+    def _close_runner(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
     def close(self) -> None:
+        self._close_runner()
         if self._catalogue is not None:
             self._catalogue.close()
             self._catalogue = None

@@ -8,10 +8,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from mirror import __version__
@@ -20,6 +22,8 @@ from mirror.errors import MirrorError
 from mirror.fetch.fetcher import FetchReport
 from mirror.harvest.harvester import SyncReport
 from mirror.progress import fetch_progress
+from mirror.query import QueryResult
+from mirror.query.writers import BINARY, WRITERS, null_text, write
 
 err = Console(stderr=True)
 out = Console()
@@ -58,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status", help="per source: rows, last sync, watermark, runs")
     status.add_argument("--runs", type=int, default=0, metavar="N",
                         help="also list the last N sync runs")
+    query = command("query", help="run an ADQL query on the local catalogue")
+    query.add_argument("adql", nargs="?", default="-",
+                       help="the query; '@FILE' reads it from FILE, '-' or nothing from stdin")
+    query.add_argument("--file", metavar="FILE", help="read the query from FILE")
+    query.add_argument("--format", choices=["table", *WRITERS], default=None,
+                       help="output format (default: table, or the --output file's suffix)")
+    query.add_argument("--output", "-o", metavar="FILE", help="write the result to FILE")
+    query.add_argument("--maxrec", type=int, metavar="N",
+                       help="at most N rows (default: [query] maxrec)")
+    query.add_argument("--timeout", type=float, metavar="S",
+                       help="stop the query after S seconds (default: [query] timeout)")
     return parser
 
 
@@ -204,8 +219,76 @@ def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
     return 0
 
 
+SUFFIXES = {".csv": "csv", ".vot": "votable", ".xml": "votable", ".votable": "votable",
+            ".parquet": "parquet", ".pq": "parquet", ".fits": "fits", ".fit": "fits",
+            ".json": "json"}
+
+
+def cmd_query(mirror: Mirror, args: argparse.Namespace) -> int:
+    fmt = _query_format(args)
+    if fmt == "table" and args.output is not None:
+        raise MirrorError("the table format is for the terminal",
+                          f"give --format ({', '.join(WRITERS)}) with --output")
+    if fmt in BINARY and args.output is None and sys.stdout.isatty():
+        raise MirrorError(f"{fmt} output is binary and stdout is a terminal",
+                          "give --output FILE, or redirect stdout to a file")
+    result = mirror.query(_query_text(args), maxrec=args.maxrec, timeout=args.timeout)
+    if fmt == "table":
+        if not args.quiet:
+            _print_result(result)
+    else:
+        write(result, fmt, args.output, sys.stdout.buffer)
+    if result.overflow and not args.quiet:
+        err.print(f"[yellow]OVERFLOW:[/] the result was cut at {len(result):,} rows (maxrec); "
+                  "narrow the query or raise --maxrec", highlight=False)
+    return 0
+
+
+def _query_format(args: argparse.Namespace) -> str:
+    if args.format:
+        return str(args.format)
+    if args.json:
+        return "json"
+    if args.output is None:
+        return "table"
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise MirrorError(f"cannot tell the format of {args.output} from its suffix",
+                          f"give --format ({', '.join(WRITERS)})")
+    return SUFFIXES[suffix]
+
+
+def _query_text(args: argparse.Namespace) -> str:
+    """The ADQL: --file, @FILE, the argument, or stdin ('-' or no argument)."""
+    source = args.file or (args.adql[1:] if args.adql.startswith("@") else None)
+    if source:
+        try:
+            return Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MirrorError(f"cannot read the query from {source}: {exc.strerror}") from exc
+    if args.adql != "-":
+        return str(args.adql)
+    if sys.stdin.isatty():
+        raise MirrorError("no query given",
+                          'e.g. mirror query "SELECT TOP 10 * FROM ivoa.obscore", '
+                          "or pipe the ADQL into `mirror query -`")
+    return sys.stdin.read()
+
+
+def _print_result(result: QueryResult) -> None:
+    table = Table(show_lines=False, header_style="bold")
+    for f in result.arrow.schema:
+        unit = (f.metadata or {}).get(b"unit")
+        table.add_column(escape(f.name + (f" [{unit.decode()}]" if unit else "")),
+                         overflow="fold")
+    for row in zip(*(c.to_pylist() for c in null_text(result.arrow).columns), strict=True):
+        table.add_row(*map(escape, row))
+    out.print(table)
+    err.print(f"{len(result):,} rows in {result.seconds * 1000:,.1f} ms", highlight=False)
+
+
 COMMANDS = {"init": cmd_init, "sync": cmd_sync, "fetch": cmd_fetch, "verify": cmd_verify,
-            "status": cmd_status}
+            "status": cmd_status, "query": cmd_query}
 
 
 def _report_dict(r: SyncReport) -> dict[str, Any]:

@@ -105,6 +105,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fetch", "retries", int, 5,
             "attempts per product on transient failures before it is marked failed",
             "retries = 5", minimum=1),
+    Setting("query", "timeout", float, 60.0,
+            "seconds a local ADQL query may run before it is stopped", "timeout = 60.0",
+            minimum=0.001),
+    Setting("query", "maxrec", int, 100000,
+            "rows a local query returns at most (more: the result is marked OVERFLOW)",
+            "maxrec = 100000", minimum=0),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -155,6 +161,14 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """Limits of local ADQL queries."""
+
+    timeout: float = 60.0
+    maxrec: int = 100000
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, paths already resolved against the config file's folder."""
 
@@ -164,6 +178,7 @@ class Config:
     file: Path | None = None
     layout: str = DEFAULT_LAYOUT
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -204,10 +219,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], file: Path) -> Config:
     """Validate parsed TOML against `SETTINGS`."""
-    unknown_sections = set(data) - {"catalogue", "store", "fetch", "source"}
+    unknown_sections = set(data) - {"catalogue", "store", "fetch", "query", "source"}
     if unknown_sections:
         raise ConfigError(f"{file}: unknown section [{sorted(unknown_sections)[0]}]",
-                          "known sections: [catalogue], [store], [fetch], [[source]]")
+                          "known sections: [catalogue], [store], [fetch], [query], [[source]]")
     base = file.parent
     catalogue = _section(data, "catalogue", file)
     store = _section(data, "store", file)
@@ -223,7 +238,8 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
                               f'give every [[source]] its own name, e.g. name = "{name}_2"')
     return Config(catalogue_path=(base / catalogue["path"]).resolve(),
                   store_root=(base / store["root"]).resolve(), sources=sources, file=file,
-                  layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)))
+                  layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)),
+                  query=QueryConfig(**_section(data, "query", file)))
 
 
 def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:

@@ -105,6 +105,8 @@ class Harvester:
             report.errors.append(exc.message)
             report.status = "failed"
             log.error("sync of %s failed: %s", self.src.name, exc.message)
+        if not dry_run and report.run_id is not None:
+            self._recluster(report)
         report.seconds = time.monotonic() - started
         if report.status == "running":
             report.status = "ok" if not report.errors else "failed"
@@ -115,6 +117,18 @@ class Harvester:
                                 local_count=report.local_count, proof_ok=report.proof_ok,
                                 errors="\n".join(report.errors) or None)
         return report
+
+    def _recluster(self, report: SyncReport) -> None:
+        """Keep rows ordered by `_hpx` once a run appended many (unordered) ones; a failure
+        here costs query speed only, never rows, so it is logged, not reported."""
+        written = report.new + report.changed + report.reappeared + report.repaired
+        try:
+            with self.cat.begin() as conn:
+                if obscore.recluster(conn, self.src.name, written):
+                    log.info("%s: rows re-clustered by HEALPix index", self.src.name)
+        except sa.exc.DBAPIError as exc:
+            log.warning("%s: re-clustering failed (%s); queries stay correct, only slower",
+                        self.src.name, str(exc.orig).splitlines()[0])
 
     # -- the steps ---------------------------------------------------------------------------
 
