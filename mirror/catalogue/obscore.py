@@ -167,6 +167,28 @@ def stage_page(conn: sa.Connection, specs: Sequence[ColumnSpec], page: pa.Table)
     return page.num_rows
 
 
+def append_page(conn: sa.Connection, source: str, specs: Sequence[ColumnSpec], page: pa.Table,
+                run_id: int) -> int:
+    """Insert a parsed page as new rows, straight from Arrow (the first sync of a source: no
+    row can exist yet, so nothing needs comparing)."""
+    duck = raw(conn)
+    duck.register("_arrow_page", page.append_column(HPX_COLUMN, page_healpix(specs, page)))
+    try:
+        cols = ", ".join(q(s.name) for s in specs)
+        exprs = ", ".join(f"{load_expression(s, q(s.name))} AS {q(s.name)}" for s in specs)
+        conn.exec_driver_sql(
+            f"INSERT INTO {data_table(source)} ({cols}, {HPX_COLUMN}, _row_hash, _withdrawn_at, "
+            f"_run_id, _updated_at) SELECT *, hash({cols}), NULL, ?, ? FROM "
+            f"(SELECT {exprs}, {HPX_COLUMN} FROM _arrow_page)", (run_id, utcnow()))
+    finally:
+        duck.unregister("_arrow_page")
+    return page.num_rows
+
+
+def total_count(conn: sa.Connection, source: str) -> int:
+    return int(conn.exec_driver_sql(f"SELECT count(*) FROM {data_table(source)}").scalar_one())
+
+
 def apply_page(conn: sa.Connection, source: str, specs: Sequence[ColumnSpec], id_column: str,
                run_id: int, *, dry_run: bool = False) -> PageCounts:
     """Upsert `_page` by ID, touching only new, changed and re-appeared rows."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,7 @@ class Harvester:
         self.client = client
         self.progress = progress or (lambda event: None)
         self.seen: set[str] = set()
+        self.append_only = False  # a first pass into an empty table: plain appends
 
     def run(self, *, dry_run: bool = False, full: bool = False) -> SyncReport:
         started = time.monotonic()
@@ -173,6 +175,7 @@ class Harvester:
                 runs.set_cursor(conn, self.src.name, None, None)
             runs.replace_tap_schema(conn, self.src.name, tap_schema)
             report.run_id = runs.start_run(conn, self.src.name, report.kind)
+            self.append_only = start is None and obscore.total_count(conn, self.src.name) == 0
         return start
 
     def _pages(self, report: SyncReport, start: plan.Key | None, *, dry_run: bool) -> None:
@@ -180,42 +183,62 @@ class Harvester:
         self.windows: list[tuple[plan.Key | None, plan.Key, int]] = []
         key = start
         t0 = time.monotonic()
-        while True:
-            query = plan.page_query(self.src.table, [s.name for s in self.specs], self.src.where,
-                                    self.wm, self.src.id_column, key, self.page)
-            try:
-                table = parse_csv(self.client.csv(query, maxrec=self.page, bulk=True), self.specs,
-                                  self.client.url)
-            except MirrorError as exc:
-                report.errors.append(f"page after {key}: {exc.message}")
-                return
-            if table.num_rows == 0:
-                break
-            last = self._last_key(table)
-            counts = self._apply(table, report, dry_run=dry_run, window=(key, last))
-            report.add(counts)
-            self.windows.append((key, last, table.num_rows))
-            report.windows += 1
-            key = last
-            elapsed = max(time.monotonic() - t0, 1e-9)
-            self.progress({"phase": "rows", "source": self.src.name, "rows": report.rows,
-                           "windows": report.windows, "rate": report.rows / elapsed})
-            if table.num_rows < self.page and self.limit_known:
-                break
+        # the next page is fetched and parsed while this one is written (HTTP, CSV parsing and
+        # DuckDB all release the GIL)
+        with ThreadPoolExecutor(1, thread_name_prefix="mirror-page") as ahead:
+            upcoming = ahead.submit(self._fetch_page, key)
+            while True:
+                try:
+                    table = upcoming.result()
+                except MirrorError as exc:
+                    report.errors.append(f"page after {key}: {exc.message}")
+                    return
+                if table.num_rows == 0:
+                    break
+                last = self._last_key(table)
+                more = table.num_rows >= self.page or not self.limit_known
+                if more:
+                    upcoming = ahead.submit(self._fetch_page, last)
+                self._page_done(report, table, key, last, t0, dry_run=dry_run)
+                key = last
+                if not more:
+                    break
         if not dry_run and not self.wm:
             with self.cat.begin() as conn:  # a completed full pass starts over next time
                 runs.set_cursor(conn, self.src.name, None, None)
+
+    def _fetch_page(self, key: plan.Key | None) -> pa.Table:
+        query = plan.page_query(self.src.table, [s.name for s in self.specs], self.src.where,
+                                self.wm, self.src.id_column, key, self.page)
+        return parse_csv(self.client.csv(query, maxrec=self.page, bulk=True), self.specs,
+                         self.client.url)
+
+    def _page_done(self, report: SyncReport, table: pa.Table, key: plan.Key | None,
+                   last: plan.Key, t0: float, *, dry_run: bool) -> None:
+        counts = self._apply(table, report, dry_run=dry_run, window=(key, last))
+        report.add(counts)
+        self.windows.append((key, last, table.num_rows))
+        report.windows += 1
+        elapsed = max(time.monotonic() - t0, 1e-9)
+        self.progress({"phase": "rows", "source": self.src.name, "rows": report.rows,
+                       "windows": report.windows, "rate": report.rows / elapsed})
 
     def _apply(self, table: pa.Table, report: SyncReport, *, dry_run: bool,
                window: tuple[plan.Key | None, plan.Key] | None = None) -> PageCounts:
         if dry_run:
             self.seen.update(table.column(self.src.id_column).to_pylist())
         with self.cat.begin() as conn:
-            obscore.stage_page(conn, self.specs, table)
-            if not self.table_exists:
-                return PageCounts(new=table.num_rows)
-            counts = obscore.apply_page(conn, self.src.name, self.specs, self.src.id_column,
-                                        report.run_id or 0, dry_run=dry_run)
+            if self.append_only and window is not None and not dry_run:
+                # first pass into an empty table: every row is new, skip the comparison
+                counts = PageCounts(new=obscore.append_page(
+                    conn, self.src.name, self.specs, table, report.run_id or 0))
+            else:
+                obscore.stage_page(conn, self.specs, table)
+                if not self.table_exists:
+                    return PageCounts(new=table.num_rows)
+                counts = obscore.apply_page(conn, self.src.name, self.specs,
+                                            self.src.id_column, report.run_id or 0,
+                                            dry_run=dry_run)
             if dry_run or report.run_id is None:
                 return counts
             runs.add_counts(conn, report.run_id, rows_new=counts.new,
@@ -243,6 +266,7 @@ class Harvester:
         """Compare each window's rows with the service's own COUNT(*); re-fetch a window once
         when they differ (a record changed while we paged), then record the proof."""
         ok = True
+        proven: list[tuple[int, int, int]] = []
         for seq, (lower, upper, received) in enumerate(self.windows):
             count = self._window_count(lower, upper)
             if count != received:
@@ -254,8 +278,10 @@ class Harvester:
                 ok = False
                 report.errors.append(f"window {seq} ({lower} .. {upper}): received {received} "
                                      f"rows, the service counts {count}")
-            if not dry_run and report.run_id is not None:
-                with self.cat.begin() as conn:
+            proven.append((seq, count, received))
+        if not dry_run and report.run_id is not None:
+            with self.cat.begin() as conn:  # one commit for all windows
+                for seq, count, received in proven:
                     runs.set_window_count(conn, report.run_id, seq, count, received)
         report.proof_ok = ok
 
@@ -291,7 +317,8 @@ class Harvester:
             while True:
                 query = plan.ids_query(self.src.table, self.src.where, self.src.id_column,
                                        start, self.page)
-                ids = parse_ids(self.client.csv(query, maxrec=self.page, bulk=True), self.client.url)
+                body = self.client.csv(query, maxrec=self.page, bulk=True)
+                ids = parse_ids(body, self.client.url)
                 if len(ids) == 0:
                     break
                 with self.cat.begin() as conn:
