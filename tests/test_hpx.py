@@ -25,6 +25,15 @@ from mirror.catalogue.obscore import HPX_DEPTH, healpix_index, needs_recluster
 ID = "obs_publisher_did"
 
 
+REAL_MIN_TABLE = obscore.RECLUSTER_MIN_TABLE
+
+
+@pytest.fixture(autouse=True)
+def recluster_small_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake service's tables are tiny: let them be re-clustered as a large one would."""
+    monkeypatch.setattr(obscore, "RECLUSTER_MIN_TABLE", 0)
+
+
 @pytest.fixture
 def tap() -> Iterator[FakeTap]:
     with FakeTap(hard_limit=20).load_recorded() as server:
@@ -101,6 +110,13 @@ def test_views_expose_hpx_and_tap_schema_documents_it_as_internal(harness: Harne
     (100_001, 10_000_000, True), (99_999, 10_000_000, False)])
 def test_recluster_threshold(written: int, total: int, expected: bool) -> None:
     assert needs_recluster(written, total) is expected
+
+
+@pytest.mark.parametrize("total", [50, REAL_MIN_TABLE // 2, REAL_MIN_TABLE - 1])
+def test_small_tables_are_not_rewritten(total: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(obscore, "RECLUSTER_MIN_TABLE", REAL_MIN_TABLE)
+    assert needs_recluster(total, total) is False
+    assert needs_recluster(REAL_MIN_TABLE, REAL_MIN_TABLE) is True
 
 
 def test_rows_stay_clustered_by_hpx_after_a_large_sync(harness: Harness, tap: FakeTap) -> None:

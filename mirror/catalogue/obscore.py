@@ -41,6 +41,9 @@ SOURCE_SCHEMA = "source_obscore"  # local views of one source each, ADQL `<sourc
 HPX_COLUMN, HPX_DEPTH = "_hpx", 29  # must equal mirror.adql's (a test checks)
 # re-cluster after a sync that wrote more than this many rows, or this share of the table
 RECLUSTER_ROWS, RECLUSTER_SHARE = 100_000, 0.10
+# Below this a table is a handful of DuckDB row groups (122,880 rows each): a cone scans it in
+# milliseconds anyway, and a rewrite would only cost time and memory.
+RECLUSTER_MIN_TABLE = 500_000
 
 
 def q(name: str) -> str:
@@ -321,7 +324,9 @@ def _add_healpix(conn: sa.Connection, source: str, columns: Sequence[str]) -> bo
 
 def needs_recluster(written: int, total: int) -> bool:
     """Whether a sync wrote enough rows (appended unordered) to be worth a clustered rewrite."""
-    return written > 0 and (written > RECLUSTER_ROWS or written > RECLUSTER_SHARE * total)
+    if written <= 0 or total < RECLUSTER_MIN_TABLE:
+        return False
+    return written > RECLUSTER_ROWS or written > RECLUSTER_SHARE * total
 
 
 def recluster(conn: sa.Connection, source: str, written: int | None = None) -> bool:

@@ -30,6 +30,7 @@ from mirror.harvest.tap_schema import replicate_tap_schema
 log = logging.getLogger("mirror")
 WATERMARK_CANDIDATES = ("last_mod_date", "last_modified")
 REPAIR_BATCH = 200
+PROOF_THREADS = 4  # COUNT(*) requests in flight at once: they are small, latency dominates
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -145,16 +146,20 @@ class Harvester:
         limits = self.client.limits()
         self.page = page_size(self.src.page_size, limits.hardlimit)
         self.limit_known = limits.hardlimit is not None
-        tap_schema = replicate_tap_schema(self.client, self.page)
-        start = self._prepare(report, tap_schema, dry_run=dry_run, full=full)
-        self._pages(report, start, dry_run=dry_run)
-        if not report.errors:
-            self._prove(report, dry_run=dry_run)
-        self._reconcile_ids(report, dry_run=dry_run)
+        with ThreadPoolExecutor(1, thread_name_prefix="mirror-tap-schema") as side:
+            # TAP_SCHEMA is read while the rows are paged, and written at the end
+            tap_schema = side.submit(replicate_tap_schema, self.client, self.page)
+            start = self._prepare(report, dry_run=dry_run, full=full)
+            self._pages(report, start, dry_run=dry_run)
+            if not report.errors:
+                self._prove(report, dry_run=dry_run)
+            self._reconcile_ids(report, dry_run=dry_run)
+            if not dry_run:
+                with self.cat.begin() as conn:
+                    runs.replace_tap_schema(conn, self.src.name, tap_schema.result())
         self._count(report)
 
-    def _prepare(self, report: SyncReport, tap_schema: dict[str, list[dict[str, Any]]], *,
-                 dry_run: bool, full: bool) -> plan.Key | None:
+    def _prepare(self, report: SyncReport, *, dry_run: bool, full: bool) -> plan.Key | None:
         with self.cat.begin() as conn:
             row = runs.get_source(conn, self.src.name)
             fresh = (full or row is None or row.watermark_column != self.wm
@@ -173,7 +178,6 @@ class Harvester:
                                id_column=self.src.id_column, watermark_column=self.wm)
             if fresh and start is None:
                 runs.set_cursor(conn, self.src.name, None, None)
-            runs.replace_tap_schema(conn, self.src.name, tap_schema)
             report.run_id = runs.start_run(conn, self.src.name, report.kind)
             self.append_only = start is None and obscore.total_count(conn, self.src.name) == 0
         return start
@@ -267,8 +271,10 @@ class Harvester:
         when they differ (a record changed while we paged), then record the proof."""
         ok = True
         proven: list[tuple[int, int, int]] = []
-        for seq, (lower, upper, received) in enumerate(self.windows):
-            count = self._window_count(lower, upper)
+        with ThreadPoolExecutor(PROOF_THREADS, thread_name_prefix="mirror-proof") as pool:
+            counts = list(pool.map(lambda w: self._window_count(w[0], w[1]), self.windows))
+        for seq, ((lower, upper, received), count) in enumerate(zip(self.windows, counts,
+                                                                   strict=True)):
             if count != received:
                 log.info("window %d of %s: %d rows received, service counts %d; re-fetching",
                          seq, self.src.name, received, count)
