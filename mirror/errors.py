@@ -21,6 +21,8 @@
         ├── AdqlTypeError      parts that do not fit: a geometry as a condition, unconvertible units
         ├── UnknownTableError  no such table here; suggests the closest names
         └── UnknownColumnError no such column in the query's tables; suggests the closest names
+    QueryError                 the local catalogue failed a translated query
+    └── QueryTimeoutError      it ran past its time limit
 
 Foreign exceptions are translated at the edge where they occur, always ``raise ... from exc``.
 """
@@ -171,3 +173,11 @@ class UnknownColumnError(AdqlError):
                  suggestions: tuple[str, ...] = ()) -> None:
         super().__init__(message, hint)
         self.suggestions = suggestions
+
+
+class QueryError(MirrorError):
+    """The catalogue refused or failed a query (DuckDB's first line says why)."""
+
+
+class QueryTimeoutError(QueryError):
+    """A query ran longer than its time limit and was stopped."""

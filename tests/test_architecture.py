@@ -1,7 +1,8 @@
 """Layering of the package, read from the import statements of mirror/ (ast, nothing imported).
 
     mirror.errors, mirror.config, mirror.retry, mirror.catalogue   (the foundation)
-    mirror.harvest                                                  (talks to services)
+    mirror.adql (pure: errors only), mirror.store (files: no database)
+    mirror.harvest, mirror.fetch, mirror.query                      (services, independent)
     mirror.api                                                      (the Python API)
     mirror.cli                                                      (imported by nobody)
 """
@@ -15,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mirror"
 FOUNDATION = ("mirror.errors", "mirror.config", "mirror.retry", "mirror.catalogue")
-UPPER = ("mirror.harvest", "mirror.api", "mirror.cli")
+UPPER = ("mirror.harvest", "mirror.fetch", "mirror.query", "mirror.api", "mirror.cli")
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -112,3 +113,20 @@ def test_checker_sees_every_form_of_import(source: str, module: str, expected: s
     assert expected in imports_of(source, module)
     graph = {module: {m for m in imports_of(source, module) if m.startswith("mirror")}}
     assert violations(graph, FOUNDATION, UPPER)
+
+
+def test_adql_is_pure() -> None:
+    allowed = ("mirror.errors", "mirror.adql")
+    assert sorted(f"{m} imports {i}" for m, imps in GRAPH.items() if within(m, ("mirror.adql",))
+                  for i in imps if not within(i, allowed)) == []
+
+
+def test_store_never_touches_the_catalogue_or_services() -> None:
+    assert violations(GRAPH, ("mirror.store",),
+                      ("mirror.catalogue", *UPPER, "mirror.adql")) == []
+
+
+@pytest.mark.parametrize("service", ["mirror.harvest", "mirror.fetch", "mirror.query"])
+def test_services_do_not_import_each_other(service: str) -> None:
+    others = tuple(s for s in ("mirror.harvest", "mirror.fetch", "mirror.query") if s != service)
+    assert violations(GRAPH, (service,), (*others, "mirror.api", "mirror.cli")) == []

@@ -21,19 +21,11 @@ import sqlalchemy as sa
 
 from mirror.adql import MACROS, translate
 from mirror.catalogue.engine import Catalogue, raw
-from mirror.errors import MirrorError
+from mirror.errors import QueryError, QueryTimeoutError
 from mirror.query.result import QueryResult, annotate, unique_names
 from mirror.query.tables import CatalogueTables, ColumnMeta
 
 BATCH = 10_000
-
-
-class QueryError(MirrorError):
-    """The catalogue refused or failed a query (DuckDB's first line says why)."""
-
-
-class QueryTimeoutError(QueryError):
-    """A query ran longer than its time limit and was stopped."""
 
 
 class Runner:
