@@ -25,6 +25,8 @@ QUARANTINE = ".quarantine"
 PART = ".part"
 
 
+RESOLVED_CACHE = 8192  # paths remembered as safe; bounded for stores of millions of files
+
 class Store:
     """A folder of products addressed by relative POSIX paths (as `layout.render` makes)."""
 
@@ -34,9 +36,13 @@ class Store:
         self.root = Path(root).resolve()
         self._checked: set[PurePosixPath] = set()  # folders already resolved inside the root
         self._made: set[Path] = set()  # folders known to exist
+        self._resolved: dict[str, Path] = {}
 
     def resolve(self, rel: PurePosixPath | str) -> Path:
         """The absolute path of `rel`; raises UnsafePathError if it would leave the root."""
+        hit = self._resolved.get(str(rel))
+        if hit is not None:  # checked earlier in this run (a fetch asks 3 times per file)
+            return hit
         rel = PurePosixPath(rel)
         bad = _unsafe_reason(rel)
         if bad:
@@ -48,6 +54,9 @@ class Store:
         if rel.parent not in self._checked or target.is_symlink():
             self._check_inside(target, rel)
             self._checked.add(rel.parent)
+        if len(self._resolved) >= RESOLVED_CACHE:
+            self._resolved.clear()
+        self._resolved[str(rel)] = target
         return target
 
     def _check_inside(self, target: Path, rel: PurePosixPath) -> None:
