@@ -27,10 +27,15 @@ echo "== what an incremental sync would change"
 mirror sync --dry-run
 echo "== incremental sync"
 mirror sync
+echo "== fetch the HARPS spectra (parallel, verified, atomic; embargoed ones wait)"
+sed -i 's/^url = .*/&\nfetch_where = "obs_collection = '"'"'HARPS'"'"'"/' demo/mirror.toml
+mirror fetch
 mirror status --runs 3
-python3 - <<'PY'
-import duckdb
-con = duckdb.connect("demo/mirror.duckdb", read_only=True)
-print(con.sql("SELECT obs_collection, dataproduct_type, count(*) AS n, round(avg(snr), 1) AS mean_snr "
-              "FROM ivoa.obscore GROUP BY ALL ORDER BY n DESC"))
-PY
+echo "== ADQL, answered offline from the local catalogue"
+mirror query "SELECT obs_collection, dataproduct_type, COUNT(*) AS n, AVG(snr) AS mean_snr
+              FROM ivoa.obscore GROUP BY obs_collection, dataproduct_type ORDER BY n DESC"
+mirror query "SELECT TOP 5 obs_publisher_did, target_name, snr,
+                     DISTANCE(POINT('ICRS', s_ra, s_dec), POINT('ICRS', 180, -30)) AS dist
+              FROM ivoa.obscore
+              WHERE CONTAINS(POINT('ICRS', s_ra, s_dec), CIRCLE('ICRS', 180, -30, 20)) = 1
+              ORDER BY dist"
