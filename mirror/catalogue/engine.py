@@ -33,7 +33,7 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 # A large checkpoint threshold: with DuckDB's 16 MB default, bulk ingest checkpoints (and
 # recompresses the table) every few pages, and gets slower as the table grows.
 DUCKDB_CONFIG: dict[str, Any] = {"enable_external_access": False,
-                                 "checkpoint_threshold": "256MB"}
+                                 "checkpoint_threshold": "256MB", "lock_configuration": True}
 
 
 class DuckDBImpl(DefaultImpl):
