@@ -207,7 +207,7 @@ class Harvester:
                 key = last
                 if not more:
                     break
-        if not dry_run and not self.wm:
+        if not dry_run and not self.wm and not report.errors:
             with self.cat.begin() as conn:  # a completed full pass starts over next time
                 runs.set_cursor(conn, self.src.name, None, None)
 
