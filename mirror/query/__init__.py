@@ -7,7 +7,7 @@ ADQL sees `ivoa.obscore` (every source's current rows), `ivoa.obscore_withdrawn`
 
 from mirror.query.result import QueryResult
 from mirror.query.runner import QueryError, QueryTimeoutError, Runner
-from mirror.query.tables import CatalogueTables, ColumnMeta
+from mirror.query.tables import CatalogueTables
 
-__all__ = ["CatalogueTables", "ColumnMeta", "QueryError", "QueryResult", "QueryTimeoutError",
+__all__ = ["CatalogueTables", "QueryError", "QueryResult", "QueryTimeoutError",
            "Runner"]

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from astropy.table import Column, MaskedColumn, Table
 
-from mirror.query.tables import ColumnMeta
+from mirror.catalogue.types import ColumnSpec
 
 
 @dataclass
@@ -22,7 +22,7 @@ class QueryResult:
 
     arrow: pa.Table
     overflow: bool = False
-    columns: dict[str, ColumnMeta] = field(default_factory=dict)
+    columns: dict[str, ColumnSpec] = field(default_factory=dict)
     adql: str = ""
     sql: str = ""
     seconds: float = 0.0
@@ -55,7 +55,7 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def annotate(arrow: pa.Table, columns: dict[str, ColumnMeta]) -> pa.Table:
+def annotate(arrow: pa.Table, columns: dict[str, ColumnSpec]) -> pa.Table:
     """Attach each known column's unit, UCD, utype, description and xtype as field metadata,
     so Parquet keeps them."""
     fields = []
@@ -68,7 +68,7 @@ def annotate(arrow: pa.Table, columns: dict[str, ColumnMeta]) -> pa.Table:
     return pa.Table.from_arrays(arrow.columns, schema=pa.schema(fields))
 
 
-def to_astropy(arrow: pa.Table, columns: dict[str, ColumnMeta], *,
+def to_astropy(arrow: pa.Table, columns: dict[str, ColumnSpec], *,
                overflow: bool = False) -> Table:
     """Arrow -> astropy, NULLs masked, metadata from `columns` (by lower-case name)."""
     out = Table(meta={"QUERY_STATUS": "OVERFLOW" if overflow else "OK"})

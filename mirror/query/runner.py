@@ -23,7 +23,7 @@ from mirror.adql import MACROS, translate
 from mirror.catalogue.engine import Catalogue, raw
 from mirror.errors import QueryError, QueryTimeoutError
 from mirror.query.result import QueryResult, annotate, unique_names
-from mirror.query.tables import CatalogueTables, ColumnMeta
+from mirror.query.tables import CatalogueTables, ColumnSpec
 
 BATCH = 10_000
 
@@ -81,7 +81,7 @@ class Runner:
             arrow = arrow.rename_columns(unique_names(names))
         columns = self.tables.metadata(translation.tables)
         for name, xtype in translation.geometry.items():  # computed geometry: DALI text
-            columns.setdefault(name.lower(), ColumnMeta(name, "char", "*", xtype))
+            columns.setdefault(name.lower(), ColumnSpec(name, "char", "*", xtype))
         return QueryResult(annotate(arrow, columns), overflow, columns, adql, translation.sql,
                            time.perf_counter() - started)
 

@@ -8,28 +8,14 @@ case-insensitive, as ADQL's regular identifiers are.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import duckdb
 
 from mirror.catalogue.obscore import SOURCE_SCHEMA, q
 from mirror.catalogue.tap_schema_views import RESERVED_SCHEMAS
 from mirror.catalogue.tap_schema_views import SCHEMA as TAP_SCHEMA
+from mirror.catalogue.types import ColumnSpec
 from mirror.errors import CatalogueError
-
-
-@dataclass(frozen=True)
-class ColumnMeta:
-    """A queryable column as the local TAP_SCHEMA.columns describes it."""
-
-    name: str
-    datatype: str | None = None
-    arraysize: str | None = None
-    xtype: str | None = None
-    unit: str | None = None
-    ucd: str | None = None
-    utype: str | None = None
-    description: str | None = None
 
 
 def local_parts(adql_table: str) -> tuple[str, str]:
@@ -49,7 +35,7 @@ def local_name(adql_table: str) -> str:
 class CatalogueTables:
     """The TableMap of `mirror.adql.translate` over the tables the local TAP_SCHEMA lists."""
 
-    def __init__(self, columns: dict[str, list[ColumnMeta]],
+    def __init__(self, columns: dict[str, list[ColumnSpec]],
                  types: dict[tuple[str, str], dict[str, str]] | None = None) -> None:
         """`columns` maps each ADQL table name (`ivoa.obscore`) to its columns, in order;
         `types` each local (schema, view), lower-cased, to its columns' DuckDB types."""
@@ -74,9 +60,9 @@ class CatalogueTables:
             f'SELECT c.table_name, column_name, datatype, arraysize, xtype, unit, ucd, c.utype, '
             f'c.description FROM "{TAP_SCHEMA}".columns c JOIN "{TAP_SCHEMA}".tables t '
             "USING (table_name) ORDER BY t.table_index, c.table_name, c.column_index").fetchall()
-        columns: dict[str, list[ColumnMeta]] = {}
+        columns: dict[str, list[ColumnSpec]] = {}
         for table, *meta in rows:
-            columns.setdefault(table, []).append(ColumnMeta(*meta))
+            columns.setdefault(table, []).append(ColumnSpec(*meta))
         types: dict[tuple[str, str], dict[str, str]] = {}
         for schema, view, column, dtype in con.execute(
                 "SELECT lower(schema_name), lower(table_name), column_name, data_type "
@@ -112,9 +98,9 @@ class CatalogueTables:
 
     # -- for result metadata ------------------------------------------------------------------
 
-    def metadata(self, locals_used: Iterable[str]) -> dict[str, ColumnMeta]:
+    def metadata(self, locals_used: Iterable[str]) -> dict[str, ColumnSpec]:
         """Columns of the tables a query used, by lower-case name (the first table wins)."""
-        out: dict[str, ColumnMeta] = {}
+        out: dict[str, ColumnSpec] = {}
         for local in locals_used:
             for col in self._columns.get(local, []):
                 out.setdefault(col.name.lower(), col)
