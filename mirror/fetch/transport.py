@@ -24,12 +24,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pycurl
+
+from mirror.http import retry_after_seconds
 
 log = logging.getLogger("mirror")
 
@@ -380,7 +381,7 @@ class Transport:
         return Outcome(key=x.job.key, url=x.job.url, status=status, size=size,
                        expected_size=_expected_size(hdrs, x.offset) if ok else None,
                        sha256=None, headers=hdrs, error=error, transient=transient,
-                       retry_after=(_retry_after(hdrs.get("retry-after"))
+                       retry_after=(retry_after_seconds(hdrs.get("retry-after"))
                                     if status in (429, 503) else None),
                        restarted=x.restarted, seconds=time.perf_counter() - x.started,
                        error_body=error_body, curl_code=code)
@@ -479,17 +480,3 @@ def _expected_size(hdrs: dict[str, str], offset: int) -> int | None:
         return int(total)
     length = hdrs.get("content-length")
     return offset + int(length) if length and length.isdigit() else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds from now; it may be a number or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
