@@ -89,7 +89,7 @@ def test_harvest_never_imports_api_or_cli() -> None:
 
 
 def test_nothing_imports_the_cli() -> None:
-    assert sorted(m for m, imps in GRAPH.items() if m != "mirror.cli"
+    assert sorted(m for m, imps in GRAPH.items() if not within(m, ("mirror.cli",))
                   and any(within(i, ("mirror.cli",)) for i in imps)) == []
 
 

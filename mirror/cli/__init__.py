@@ -11,13 +11,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
 from mirror import __version__
 from mirror.api import Mirror
+from mirror.cli import daemon, export, schema, server
+from mirror.cli.output import emit, err, out
 from mirror.errors import MirrorError
 from mirror.fetch.fetcher import FetchReport
 from mirror.harvest.harvester import SyncReport
@@ -25,8 +26,8 @@ from mirror.progress import fetch_progress
 from mirror.query import QueryResult
 from mirror.query.writers import BINARY, WRITERS, null_text, write
 
-err = Console(stderr=True)
-out = Console()
+# commands registered the way a plugin would be: each module adds its parsers with `register`
+PLUGINS = (schema, server, daemon, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="at most N rows (default: [query] maxrec)")
     query.add_argument("--timeout", type=float, metavar="S",
                        help="stop the query after S seconds (default: [query] timeout)")
+    for plugin in PLUGINS:
+        plugin.register(command)  # each sets `handler` with parser.set_defaults
     return parser
 
 
@@ -93,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
     try:
         with Mirror.open(args.config) as mirror:
-            return COMMANDS[args.command](mirror, args)
+            handler = getattr(args, "handler", None) or COMMANDS[args.command]
+            return int(handler(mirror, args))
     except MirrorError as exc:
         if args.debug:
             raise
@@ -108,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_init(mirror: Mirror, args: argparse.Namespace) -> int:
     revision = mirror.init()
-    _emit(args, {"catalogue": str(mirror.config.catalogue_path), "revision": revision},
+    emit(args, {"catalogue": str(mirror.config.catalogue_path), "revision": revision},
           f"catalogue {mirror.config.catalogue_path} is at revision {revision}")
     return 0
 
@@ -314,13 +318,3 @@ def _print_report(r: SyncReport) -> None:
     for e in r.errors:
         out.print(f"  [red]error:[/] {e}", highlight=False)
 
-
-def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    if args.json:
-        out.print_json(json.dumps(data))
-    elif not args.quiet:
-        out.print(text, highlight=False)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m mirror.cli`."""
+
+import sys
+
+from mirror.cli import main
+
+sys.exit(main())
