@@ -111,6 +111,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query", "maxrec", int, 100000,
             "rows a local query returns at most (more: the result is marked OVERFLOW)",
             "maxrec = 100000", minimum=0),
+    Setting("serve", "host", str, "127.0.0.1",
+            "address `mirror serve` and the daemon's service bind; anything but 127.0.0.1 "
+            "requires token_env", 'host = "127.0.0.1"'),
+    Setting("serve", "port", int, 8765, "TCP port of the local TAP service (0: any free port)",
+            "port = 8765", minimum=0),
+    Setting("serve", "token_env", str, "",
+            "environment variable holding the bearer token every request must carry; "
+            "required when host is not 127.0.0.1", 'token_env = "MIRROR_SERVE_TOKEN"'),
+    Setting("serve", "max_queries", int, 4,
+            "queries running at once (each on its own read-only cursor)", "max_queries = 4",
+            minimum=1),
+    Setting("serve", "queue_seconds", float, 5.0,
+            "seconds a query waits for a free slot before the answer is 503 + Retry-After",
+            "queue_seconds = 5.0", minimum=0.0),
+    Setting("serve", "max_body_kb", int, 256,
+            "largest request body accepted, in KiB (larger: 413)", "max_body_kb = 256",
+            minimum=1),
+    Setting("serve", "max_jobs", int, 100,
+            "async (UWS) jobs kept at once; the oldest finished ones go first",
+            "max_jobs = 100", minimum=1),
+    Setting("serve", "job_hours", float, 24.0,
+            "hours an async job and its result are kept before destruction",
+            "job_hours = 24.0", minimum=0.01),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -169,6 +192,24 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The local TAP service (`mirror serve`, the daemon's endpoint)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token_env: str = ""
+    max_queries: int = 4
+    queue_seconds: float = 5.0
+    max_body_kb: int = 256
+    max_jobs: int = 100
+    job_hours: float = 24.0
+
+    def token(self) -> str | None:
+        """The bearer token from the environment, read at use so it never sits in config."""
+        return os.environ.get(self.token_env) or None if self.token_env else None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, paths already resolved against the config file's folder."""
 
@@ -179,6 +220,7 @@ class Config:
     layout: str = DEFAULT_LAYOUT
     fetch: FetchConfig = field(default_factory=FetchConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -219,10 +261,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], file: Path) -> Config:
     """Validate parsed TOML against `SETTINGS`."""
-    unknown_sections = set(data) - {"catalogue", "store", "fetch", "query", "source"}
+    unknown_sections = set(data) - {"catalogue", "store", "fetch", "query", "serve", "source"}
     if unknown_sections:
         raise ConfigError(f"{file}: unknown section [{sorted(unknown_sections)[0]}]",
-                          "known sections: [catalogue], [store], [fetch], [query], [[source]]")
+                          "known sections: [catalogue], [store], [fetch], [query], [serve], "
+                          "[[source]]")
     base = file.parent
     catalogue = _section(data, "catalogue", file)
     store = _section(data, "store", file)
@@ -239,7 +282,8 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
     return Config(catalogue_path=(base / catalogue["path"]).resolve(),
                   store_root=(base / store["root"]).resolve(), sources=sources, file=file,
                   layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)),
-                  query=QueryConfig(**_section(data, "query", file)))
+                  query=QueryConfig(**_section(data, "query", file)),
+                  serve=ServeConfig(**_section(data, "serve", file)))
 
 
 def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:

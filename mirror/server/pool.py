@@ -35,10 +35,8 @@ class RunnerPool:
 
     @classmethod
     def for_config(cls, catalogue: Catalogue, config: Config) -> RunnerPool:
-        serve = getattr(config, "serve", None)
-        return cls(catalogue, size=getattr(serve, "max_queries", 4),
-                   timeout=config.query.timeout, maxrec=config.query.maxrec,
-                   wait=getattr(serve, "queue_seconds", 5.0))
+        return cls(catalogue, size=config.serve.max_queries, timeout=config.query.timeout,
+                   maxrec=config.query.maxrec, wait=config.serve.queue_seconds)
 
     @contextlib.contextmanager
     def runner(self, wait: float | None = None) -> Iterator[Runner]:
