@@ -134,6 +134,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve", "job_hours", float, 24.0,
             "hours an async job and its result are kept before destruction",
             "job_hours = 24.0", minimum=0.01),
+    Setting("daemon", "interval", float, 900.0,
+            "seconds between two syncs of a source by `mirror daemon`", "interval = 900.0",
+            minimum=0.1),
+    Setting("daemon", "jitter", float, 0.1,
+            "each wait is varied by up to this fraction, so sources do not run in lockstep",
+            "jitter = 0.1", minimum=0.0),
+    Setting("daemon", "idle_max", float, 21600.0,
+            "while a source does not change, its interval doubles up to this many seconds",
+            "idle_max = 21600.0", minimum=0.1),
+    Setting("daemon", "backoff_max", float, 3600.0,
+            "while a source fails, the wait doubles up to this many seconds",
+            "backoff_max = 3600.0", minimum=0.1),
+    Setting("daemon", "watch_store", bool, True,
+            "notice product files deleted or changed by hand and fetch them again",
+            "watch_store = true"),
+    Setting("source", "interval", float, 0.0,
+            "seconds between syncs of this source by the daemon (0: [daemon] interval)",
+            "interval = 3600.0", minimum=0.0),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -167,6 +185,7 @@ class SourceConfig:
     fetch_ancillary: bool = False
     max_file_mb: float = 0.0
     max_total_gb: float = 0.0
+    interval: float = 0.0
 
     def token(self) -> str | None:
         """The bearer token from the environment, read at use so it never sits in config."""
@@ -210,6 +229,17 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """The schedule of `mirror daemon`."""
+
+    interval: float = 900.0
+    jitter: float = 0.1
+    idle_max: float = 21600.0
+    backoff_max: float = 3600.0
+    watch_store: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, paths already resolved against the config file's folder."""
 
@@ -221,6 +251,7 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:
@@ -261,11 +292,12 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def parse_config(data: dict[str, Any], file: Path) -> Config:
     """Validate parsed TOML against `SETTINGS`."""
-    unknown_sections = set(data) - {"catalogue", "store", "fetch", "query", "serve", "source"}
+    unknown_sections = set(data) - {"catalogue", "store", "fetch", "query", "serve", "daemon",
+                                    "source"}
     if unknown_sections:
         raise ConfigError(f"{file}: unknown section [{sorted(unknown_sections)[0]}]",
                           "known sections: [catalogue], [store], [fetch], [query], [serve], "
-                          "[[source]]")
+                          "[daemon], [[source]]")
     base = file.parent
     catalogue = _section(data, "catalogue", file)
     store = _section(data, "store", file)
@@ -283,7 +315,8 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
                   store_root=(base / store["root"]).resolve(), sources=sources, file=file,
                   layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)),
                   query=QueryConfig(**_section(data, "query", file)),
-                  serve=ServeConfig(**_section(data, "serve", file)))
+                  serve=ServeConfig(**_section(data, "serve", file)),
+                  daemon=DaemonConfig(**_section(data, "daemon", file)))
 
 
 def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:
