@@ -50,10 +50,13 @@ def utcnow() -> datetime:
 class Catalogue:
     """The local catalogue file: an SQLAlchemy engine over one shared DuckDB connection."""
 
-    def __init__(self, path: Path, engine: sa.Engine, read_only: bool) -> None:
+    def __init__(self, path: Path, engine: sa.Engine, read_only: bool,
+                 duck: duckdb.DuckDBPyConnection | None = None) -> None:
         self.path = path
         self.engine = engine
         self.read_only = read_only
+        self._duck = duck
+        self._reader: sa.Engine | None = None
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False, migrate: bool = True) -> Catalogue:
@@ -67,12 +70,12 @@ class Catalogue:
             f"duckdb:///{path}", poolclass=sa.pool.StaticPool,
             connect_args={"read_only": read_only, "config": dict(DUCKDB_CONFIG)})
         try:
-            with engine.connect():
-                pass
+            with engine.connect() as conn:
+                duck = _unwrap(raw(conn))
         except sa.exc.DBAPIError as exc:
             engine.dispose()
             raise _translate_open_error(path, exc) from exc
-        catalogue = cls(path, engine, read_only)
+        catalogue = cls(path, engine, read_only, duck)
         if not read_only:
             _write_lock_note(path)
             if migrate:
@@ -103,7 +106,33 @@ class Catalogue:
         with self.engine.begin() as conn:
             yield conn
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection of its own on this database, for a reader in another thread.
+
+        Never through `engine.connect()`: the pool's check-in rolls back the one shared
+        connection, which would silently end a writer's transaction in another thread."""
+        if self._duck is None:
+            raise CatalogueError(f"the catalogue {self.path} was opened without its connection")
+        return self._duck.cursor()
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[sa.Connection]:
+        """An SQLAlchemy connection on a cursor of its own: a consistent snapshot that reads
+        beside the writer (another thread of this process) without touching its transaction."""
+        if self._reader is None:
+            from duckdb_engine import ConnectionWrapper
+
+            self._reader = sa.create_engine("duckdb://", poolclass=sa.pool.NullPool,
+                                            creator=lambda: ConnectionWrapper(self.cursor()))
+        with self._reader.connect() as conn:
+            try:
+                yield conn
+            finally:
+                conn.rollback()  # only read: nothing to keep
+
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.dispose()
         self.engine.dispose()
         if not self.read_only:
             _remove_lock_note(self.path)
@@ -120,6 +149,11 @@ def raw(conn: sa.Connection) -> duckdb.DuckDBPyConnection:
     return conn.connection.dbapi_connection  # type: ignore[return-value]
 
 
+def _unwrap(wrapper: Any) -> duckdb.DuckDBPyConnection:
+    """The DuckDB connection inside duckdb-engine's wrapper (whose cursor() is itself)."""
+    return getattr(wrapper, "_ConnectionWrapper__c", wrapper)  # type: ignore[no-any-return]
+
+
 def _alembic_config() -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -133,7 +167,33 @@ def _lock_note(path: Path) -> Path:
 def _write_lock_note(path: Path) -> None:
     note = {"pid": os.getpid(), "command": " ".join(["mirror", *sys.argv[1:]]),
             "started": utcnow().isoformat(timespec="seconds") + "Z"}
-    _lock_note(path).write_text(json.dumps(note), encoding="utf-8")
+    _write_note(path, note)
+
+
+def _write_note(path: Path, note: dict[str, Any]) -> None:
+    """Replace the note atomically, readable by its owner only (it may carry a token)."""
+    target = _lock_note(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(note))
+    os.replace(temp, target)
+
+
+def advertise(path: Path, endpoint: str | None, token: str | None = None) -> None:
+    """Tell other processes where this holder of the catalogue answers readers (its local
+    service), or with `endpoint=None` that it no longer does; only in this process's note."""
+    with contextlib.suppress(OSError, ValueError):
+        note = json.loads(_lock_note(path).read_text(encoding="utf-8"))
+        if note.get("pid") != os.getpid():
+            return
+        note.pop("endpoint", None)
+        note.pop("token", None)
+        if endpoint:
+            note["endpoint"] = endpoint
+            if token:
+                note["token"] = token
+        _write_note(path, note)
 
 
 def _remove_lock_note(path: Path) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -20,7 +20,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from mirror.adql import MACROS, translate
-from mirror.catalogue.engine import Catalogue, raw
+from mirror.catalogue.engine import Catalogue
 from mirror.errors import QueryError, QueryTimeoutError
 from mirror.query.result import QueryResult, annotate, unique_names
 from mirror.query.tables import CatalogueTables, ColumnSpec
@@ -45,12 +45,9 @@ class Runner:
     def con(self) -> duckdb.DuckDBPyConnection:
         """This runner's connection, with the ADQL macros (TEMP macros live per connection)."""
         if self._con is None:
-            with self.cat.engine.connect() as conn:
-                # duckdb-engine wraps the connection and answers cursor() with a wrapper on the
-                # *same* connection; a query needs its own, to interrupt it alone
-                wrapper = raw(conn)
-                duck = getattr(wrapper, "_ConnectionWrapper__c", wrapper)
-                con = duck.cursor()
+            # a connection of its own, to interrupt it alone; never checked out of the pool,
+            # whose check-in rollback would end a writer's transaction in another thread
+            con = self.cat.cursor()
             with duckdb_errors(self.timeout):
                 for macro in MACROS:
                     con.execute(macro)
@@ -85,16 +82,16 @@ class Runner:
         return QueryResult(annotate(arrow, columns), overflow, columns, adql, translation.sql,
                            time.perf_counter() - started)
 
-    def run_sql(self, sql: str, *, limit: int | None = None,
-                timeout: float | None = None) -> pa.Table:
+    def run_sql(self, sql: str, *, limit: int | None = None, timeout: float | None = None,
+                params: Sequence[Any] | None = None) -> pa.Table:
         """Run translated SQL read-only: stopped after `timeout` seconds, at most `limit` rows
-        read from DuckDB's stream."""
+        read from DuckDB's stream; `params` fill its `?` placeholders."""
         seconds = self.timeout if timeout is None else timeout
         with self._lock, duckdb_errors(seconds):
             con = self.con
             assert self._watchdog is not None
             with _read_only(con, needed=not self.cat.read_only), self._watchdog.limit(seconds):
-                return _read(con, sql, limit)
+                return _read(con, sql, limit, params)
 
     def close(self) -> None:
         if self._watchdog is not None:
@@ -121,11 +118,12 @@ def _read_only(con: duckdb.DuckDBPyConnection, *, needed: bool) -> Iterator[None
             con.execute("ROLLBACK")
 
 
-def _read(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None) -> pa.Table:
+def _read(con: duckdb.DuckDBPyConnection, sql: str, limit: int | None,
+          params: Sequence[Any] | None = None) -> pa.Table:
     # execute() runs the statement once; con.sql() would bind it first, a second round trip
     # (0.5 ms of a 3 ms cone search). DuckDB warns that this copies the rows once: the SQL
     # stops at maxrec + 1 rows, so the copy is small
-    result = con.execute(sql)
+    result = con.execute(sql, params) if params is not None else con.execute(sql)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
         reader: pa.RecordBatchReader = result.to_arrow_reader(BATCH)
