@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -76,26 +77,28 @@ class Mirror:
         return cat.revision()
 
     def sync(self, source: str | None = None, *, dry_run: bool = False, full: bool = False,
-             progress: Progress | None = None,
-             policy: RetryPolicy | None = None) -> list[SyncReport]:
-        """Harvest one source, or all of them; one report per source."""
+             progress: Progress | None = None, policy: RetryPolicy | None = None,
+             cancel: threading.Event | None = None) -> list[SyncReport]:
+        """Harvest one source, or all of them; one report per source. Setting `cancel` stops
+        at the next window boundary (`mirror daemon` on SIGTERM)."""
         chosen = [self.config.source(source)] if source else list(self.config.sources)
         cat = self.catalogue()
         reports = []
         for src in chosen:
             client = TapClient(src.url, token=src.token(), timeout=src.timeout, mode=src.mode,
                                policy=policy or RetryPolicy(attempts=src.retries))
-            reports.append(Harvester(cat, src, client, progress).run(dry_run=dry_run, full=full))
+            reports.append(Harvester(cat, src, client, progress, cancel=cancel)
+                           .run(dry_run=dry_run, full=full))
         self._close_runner()  # tables and columns may have changed
         return reports
 
     def fetch(self, source: str | None = None, *, retry_failed: bool = False,
-              progress: Progress | None = None,
-              policy: RetryPolicy | None = None) -> list[FetchReport]:
+              progress: Progress | None = None, policy: RetryPolicy | None = None,
+              cancel: threading.Event | None = None) -> list[FetchReport]:
         """Download the selected, not yet stored products of one source or all of them."""
         chosen = [self.config.source(source)] if source else list(self.config.sources)
         cat = self.catalogue()
-        return [Fetcher(cat, self.config, src, progress=progress, policy=policy)
+        return [Fetcher(cat, self.config, src, progress=progress, policy=policy, cancel=cancel)
                 .run(retry_failed=retry_failed) for src in chosen]
 
     def verify(self, *, repair: bool = True) -> AuditReport:

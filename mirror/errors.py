@@ -10,7 +10,8 @@
     │   ├── PermanentError     not worth retrying: 4xx, a query the service refuses
     │   └── AuthError          the archive refused the token or sent a login page
     ├── SyncError              a sync ran but could not prove or apply its result
-    │   └── WithdrawalCapError more records vanished upstream than `max_withdrawals` allows
+    │   ├── WithdrawalCapError more records vanished upstream than `max_withdrawals` allows
+    │   └── CancelledError     stopped on request (SIGTERM) at a safe point; committed work stays
     ├── StoreError             the product store cannot place, keep or hand out a file
     │   ├── UnsafePathError    a path would leave the store root (hostile or broken name)
     │   └── CollisionError     a different file already sits at the target path
@@ -86,6 +87,10 @@ class SyncError(MirrorError):
 
 class WithdrawalCapError(SyncError):
     """More records vanished upstream than the source's `max_withdrawals` allows."""
+
+
+class CancelledError(SyncError):
+    """Work stopped on request at a safe point (between windows or transfers)."""
 
 
 class AuthError(UpstreamError):

@@ -7,6 +7,7 @@ else reported.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -41,26 +42,7 @@ def audit(catalogue: Catalogue, store: Store, *, repair: bool = True) -> AuditRe
     claimed = {r.path: r for r in rows}
     changes: list[dict[str, Any]] = []
     for r in rows:
-        if r.state not in ("done", "withdrawn") or r.sha256 is None:
-            continue
-        report.checked += 1
-        rel = PurePosixPath(r.path)
-        if not store.exists(rel):
-            report.missing.append(r.path)
-            if r.state == "done":
-                changes.append(_requeue(r, "file missing from the store"))
-            continue
-        verdict = verify_file(store.resolve(rel), expected_size=r.size,
-                              content_type=r.content_type, access_format=r.access_format)
-        if not verdict.ok or verdict.sha256 != r.sha256:
-            reason = verdict.reason if not verdict.ok else "sha256 differs from the catalogue"
-            report.corrupt.append(r.path)
-            if repair:
-                store.quarantine(rel, reason)
-                if r.state == "done":
-                    changes.append(_requeue(r, f"quarantined: {reason}"))
-            continue
-        report.ok += 1
+        _check(r, store, report, changes, repair=repair)
     for rel in store.walk():
         owner = claimed.get(str(rel))
         if owner is None:
@@ -79,6 +61,50 @@ def audit(catalogue: Catalogue, store: Store, *, repair: bool = True) -> AuditRe
         with catalogue.begin() as conn:
             products.update(conn, changes)
     return report
+
+
+def recheck(catalogue: Catalogue, store: Store, paths: Iterable[str]) -> AuditReport:
+    """Check only the stored products at `paths` (files the daemon saw deleted or changed by
+    hand); a missing or changed one is quarantined and re-queued, so the next fetch restores it."""
+    report = AuditReport(repaired=True)
+    wanted = sorted(set(paths))
+    if not wanted:
+        return report
+    with catalogue.begin() as conn:
+        rows = list(conn.execute(sa.select(products_table).where(
+            products_table.c.path.in_(wanted))))
+    changes: list[dict[str, Any]] = []
+    for r in rows:
+        _check(r, store, report, changes, repair=True)
+    if changes:
+        with catalogue.begin() as conn:
+            products.update(conn, changes)
+    return report
+
+
+def _check(r: sa.Row[Any], store: Store, report: AuditReport, changes: list[dict[str, Any]], *,
+           repair: bool) -> None:
+    """One stored product against its record: ok, missing (re-queued) or corrupt."""
+    if r.state not in ("done", "withdrawn") or r.sha256 is None:
+        return
+    report.checked += 1
+    rel = PurePosixPath(r.path)
+    if not store.exists(rel):
+        report.missing.append(r.path)
+        if r.state == "done":
+            changes.append(_requeue(r, "file missing from the store"))
+        return
+    verdict = verify_file(store.resolve(rel), expected_size=r.size,
+                          content_type=r.content_type, access_format=r.access_format)
+    if not verdict.ok or verdict.sha256 != r.sha256:
+        reason = verdict.reason if not verdict.ok else "sha256 differs from the catalogue"
+        report.corrupt.append(r.path)
+        if repair:
+            store.quarantine(rel, reason)
+            if r.state == "done":
+                changes.append(_requeue(r, f"quarantined: {reason}"))
+        return
+    report.ok += 1
 
 
 def _base(r: sa.Row[Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ a complete verified one; a file committed but not yet recorded is adopted on the
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ class Fetcher:
     def __init__(self, catalogue: Catalogue, config: Config, source: SourceConfig, *,
                  transport: Transport | None = None, session: requests.Session | None = None,
                  policy: RetryPolicy | None = None, progress: Progress | None = None,
-                 now: Callable[[], datetime] = utcnow) -> None:
+                 now: Callable[[], datetime] = utcnow,
+                 cancel: threading.Event | None = None) -> None:
         self.cat = catalogue
         self.config = config
         self.src = source
@@ -90,6 +92,7 @@ class Fetcher:
         self.progress = progress or (lambda event: None)
         self.now = now
         self.folders: set[Path] = set()  # renamed into, not yet fsynced
+        self.cancel = cancel  # set: abandon transfers in flight (kept resumable) and return
 
     def run(self, *, retry_failed: bool = False) -> FetchReport:
         started = time.monotonic()
@@ -100,8 +103,10 @@ class Fetcher:
                 report.queued, report.skipped, report.withdrawn = (
                     sel.queued, sel.skipped, sel.withdrawn)
                 report.errors.extend(sel.errors)
-            self._resolve(report)
-            self._download(report)
+            if not self._cancelled():
+                self._resolve(report)
+            if not self._cancelled():
+                self._download(report)
         except AuthError as exc:
             report.errors.append(str(exc))
             report.status = "failed"
@@ -111,9 +116,14 @@ class Fetcher:
         finally:
             self.transport.close()
         report.seconds = time.monotonic() - started
-        if report.failed and report.status == "ok":
+        if self._cancelled() and report.status == "ok":
+            report.status = "cancelled"
+        elif report.failed and report.status == "ok":
             report.status = "incomplete"
         return report
+
+    def _cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
     # -- resolution ---------------------------------------------------------------------------
 
@@ -152,11 +162,14 @@ class Fetcher:
                 return
             jobs = [_Job(r, PurePosixPath(r.path)) for r in rows]
             again, hint = self._pass(jobs, report, final=attempt == self.config.fetch.retries)
-            if not again:
+            if not again or self._cancelled():
                 return
             wait = self.policy.delay(attempt, hint)
             log.info("%s: retrying transient failures in %.1f s", self.src.name, wait)
-            self.policy.sleep(wait)
+            if self.cancel is not None:
+                self.cancel.wait(wait)  # wakes at once on a stop request
+            else:
+                self.policy.sleep(wait)
 
     def _pass(self, jobs: list[_Job], report: FetchReport, *,
               final: bool) -> tuple[bool, float | None]:
@@ -200,7 +213,7 @@ class Fetcher:
             downloads.append(Download(key=i, url=job.row.url, dest=dest, resume_from=resume,
                                       validator=validator if resume else None,
                                       headers=self._auth(job.row.url)))
-        for outcome in self.transport.run(downloads):
+        for outcome in self.transport.run(downloads, cancel=self.cancel):
             yield by_key[outcome.key], outcome  # type: ignore[index]
 
     def _auth(self, url: str) -> dict[str, str]:
@@ -220,6 +233,9 @@ class Fetcher:
         if out.error is None and out.status is not None and out.status < 300:
             return self._verify_and_commit(job, job.temp, out, report)
         validator = out.headers.get("last-modified") or out.headers.get("etag")
+        if out.cancelled:  # abandoned on request: the validator lets the next run resume
+            return _outcome(row, state="pending", last_modified=validator,
+                            last_error="interrupted; resumes"), False
         if out.status == 401:
             release = self._release(row)
             if release is not None and release > self.now():

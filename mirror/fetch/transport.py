@@ -20,6 +20,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +76,7 @@ class Outcome:
     seconds: float = 0.0
     error_body: bytes = b""  # a non-2xx body of at most 64 KB (with a Content-Length), for messages
     curl_code: int = 0
+    cancelled: bool = False  # abandoned on request; the partial file stays, resumable
 
 
 class _Xfer:
@@ -141,9 +143,12 @@ class Transport:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def run(self, jobs: Iterable[Download]) -> Iterator[Outcome]:
+    def run(self, jobs: Iterable[Download],
+            cancel: threading.Event | None = None) -> Iterator[Outcome]:
         """Download all jobs concurrently (at most `concurrency` at once, at most `per_host` per
-        host), yielding each Outcome as soon as its transfer ends. Jobs are pulled lazily."""
+        host), yielding each Outcome as soon as its transfer ends. Jobs are pulled lazily.
+        When `cancel` is set, transfers in flight are abandoned (checked at least once a second):
+        each started body yields a `cancelled` Outcome with its headers, so it can resume."""
         it, more = iter(jobs), True
         if self._sealer is None:
             self._sealer = subprocess.Popen(
@@ -163,6 +168,9 @@ class Transport:
                 while self._ready:
                     yield self._ready.popleft()
                 if not (more or self._active or self._sealing):
+                    return
+                if cancel is not None and cancel.is_set():
+                    yield from self._cancelled()
                     return
                 self._step()
         finally:
@@ -422,6 +430,15 @@ class Transport:
                 out.transient = True
             self._ready.append(out)
         return barriers
+
+    def _cancelled(self) -> list[Outcome]:
+        """Outcomes of the transfers in flight, then abandon them (their files stay)."""
+        out = [Outcome(key=x.job.key, url=x.job.url, status=x.status or None, size=0,
+                       expected_size=None, sha256=None, headers=x.headers,
+                       error="cancelled", transient=True, retry_after=None, cancelled=True)
+               for x in self._active.values() if x.fd is not None]
+        self._abandon()
+        return out
 
     def _abandon(self) -> None:
         """Stop what is left when the consumer stops early; partial files stay as they are."""

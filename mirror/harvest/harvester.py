@@ -8,6 +8,7 @@ catalogue as an uninterrupted run.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +22,17 @@ from mirror.catalogue import obscore, runs
 from mirror.catalogue.engine import Catalogue, utcnow
 from mirror.catalogue.obscore import PageCounts
 from mirror.config import SourceConfig
-from mirror.errors import ConfigError, MirrorError, PermanentError, WithdrawalCapError
+from mirror.errors import (
+    CancelledError,
+    ConfigError,
+    MirrorError,
+    PermanentError,
+    WithdrawalCapError,
+)
 from mirror.harvest import plan
 from mirror.harvest.pages import parse_csv, parse_ids
 from mirror.harvest.tap import TapClient
+from mirror.harvest.examples import read_examples, replace_examples
 from mirror.harvest.tap_schema import replicate_tap_schema
 
 log = logging.getLogger("mirror")
@@ -91,11 +99,13 @@ class Harvester:
     """Sync one source into the catalogue."""
 
     def __init__(self, catalogue: Catalogue, source: SourceConfig, client: TapClient,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> None:
         self.cat = catalogue
         self.src = source
         self.client = client
         self.progress = progress or (lambda event: None)
+        self.cancel = cancel  # set: stop at the next window boundary (nothing half-committed)
         self.seen: set[str] = set()
         self.append_only = False  # a first pass into an empty table: plain appends
 
@@ -104,6 +114,11 @@ class Harvester:
         report = SyncReport(self.src.name, dry_run=dry_run)
         try:
             self._run(report, dry_run=dry_run, full=full)
+        except CancelledError as exc:
+            report.errors.append(exc.message)
+            report.status = "cancelled"
+            log.info("sync of %s stopped on request after %d windows", self.src.name,
+                     report.windows)
         except MirrorError as exc:
             report.errors.append(exc.message)
             report.status = "failed"
@@ -120,6 +135,11 @@ class Harvester:
                                 local_count=report.local_count, proof_ok=report.proof_ok,
                                 errors="\n".join(report.errors) or None)
         return report
+
+    def _check_cancel(self) -> None:
+        """Raise at a safe point (after a committed window) when asked to stop."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("stopped on request", "the next sync resumes from its cursor")
 
     def _recluster(self, report: SyncReport) -> None:
         """Keep rows ordered by `_hpx` once a run appended many (unordered) ones; a failure
@@ -149,14 +169,17 @@ class Harvester:
         with ThreadPoolExecutor(1, thread_name_prefix="mirror-tap-schema") as side:
             # TAP_SCHEMA is read while the rows are paged, and written at the end
             tap_schema = side.submit(replicate_tap_schema, self.client, self.page)
+            examples = side.submit(read_examples, self.client)
             start = self._prepare(report, dry_run=dry_run, full=full)
             self._pages(report, start, dry_run=dry_run)
+            self._check_cancel()
             if not report.errors:
                 self._prove(report, dry_run=dry_run)
             self._reconcile_ids(report, dry_run=dry_run)
             if not dry_run:
                 with self.cat.begin() as conn:
                     runs.replace_tap_schema(conn, self.src.name, tap_schema.result())
+                    replace_examples(conn, self.src.name, examples.result())
         self._count(report)
 
     def _prepare(self, report: SyncReport, *, dry_run: bool, full: bool) -> plan.Key | None:
@@ -205,6 +228,7 @@ class Harvester:
                     upcoming = ahead.submit(self._fetch_page, last)
                 self._page_done(report, table, key, last, t0, dry_run=dry_run)
                 key = last
+                self._check_cancel()
                 if not more:
                     break
         if not dry_run and not self.wm and not report.errors:
@@ -321,6 +345,7 @@ class Harvester:
         start: str | None = None
         try:
             while True:
+                self._check_cancel()
                 query = plan.ids_query(self.src.table, self.src.where, self.src.id_column,
                                        start, self.page)
                 body = self.client.csv(query, maxrec=self.page, bulk=True)
@@ -333,6 +358,8 @@ class Harvester:
                 self.progress({"phase": "ids", "source": self.src.name, "ids": start})
                 if len(ids) < self.page and self.limit_known:
                     break
+        except CancelledError:
+            raise
         except MirrorError as exc:
             report.errors.append(f"ID pass: {exc.message}")
             return
@@ -350,6 +377,7 @@ class Harvester:
         names = [s.name for s in self.specs]
         todo, size = list(ids), min(REPAIR_BATCH, self.page)
         while todo:
+            self._check_cancel()
             batch, todo = todo[:size], todo[size:]
             query = plan.rows_by_id_query(self.src.table, names, self.src.where,
                                           self.src.id_column, batch)
