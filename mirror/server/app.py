@@ -2,28 +2,108 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from mirror.errors import MirrorError
+from mirror.server import examples as dali_examples
+from mirror.server import uws, vosi
 from mirror.server.context import ServiceContext
+from mirror.server.guard import Guard
+from mirror.server.jobs import JobStore
 from mirror.server.products import routes as product_routes
+from mirror.server.tap import error_response, sync_endpoint
+
+XML = "text/xml"
+
+
+def jobs_folder(catalogue: Path) -> Path:
+    """Where async jobs and their results live: a folder beside the catalogue file."""
+    return catalogue.with_name(f"{catalogue.stem}.jobs")
 
 
 def build_app(ctx: ServiceContext) -> Starlette:
     """The service's routes over `ctx`; TAP endpoints sit at the root of the base URL."""
+    store = JobStore(ctx, jobs_folder(ctx.config.catalogue_path))
+    up_since = dt.datetime.now(dt.UTC)
+
+    def base(request: Request) -> str:
+        return ctx.base_url.rstrip("/") or str(request.base_url).rstrip("/")
+
+    async def capabilities(request: Request) -> Response:
+        return Response(vosi.capabilities(ctx, base(request)), media_type=XML)
+
+    async def availability(request: Request) -> Response:
+        return Response(vosi.availability(True, up_since, "the local mirror answers ADQL"),
+                        media_type=XML)
+
+    async def tables(request: Request) -> Response:
+        try:
+            doc = await run_in_threadpool(_tableset, ctx)
+        except MirrorError as exc:
+            return error_response(exc, ctx, 500)
+        return Response(doc, media_type=XML)
+
+    async def examples(request: Request) -> Response:
+        items = await run_in_threadpool(dali_examples.examples, ctx)
+        return Response(dali_examples.document(items), media_type="application/xhtml+xml")
 
     async def status(request: Request) -> Response:
-        return JSONResponse(ctx.status() if ctx.status else [])
+        rows = await run_in_threadpool(ctx.status) if ctx.status else []
+        return _json(rows)
 
     async def state(request: Request) -> Response:
         if ctx.state is None:
             return JSONResponse({"error": "no daemon runs in this service"}, status_code=404)
-        return JSONResponse(ctx.state())
+        return _json(await run_in_threadpool(ctx.state))
 
-    routes = [Route("/mirror/status", status), Route("/mirror/state", state),
+    async def index(request: Request) -> Response:
+        here = base(request)
+        return PlainTextResponse(
+            f"mirror: a local TAP service\nTAP base URL: {here}\n"
+            f"capabilities: {here}/capabilities\ntables: {here}/tables\n")
+
+    routes = [Route("/", index),
+              Route("/sync", sync_endpoint(ctx), methods=["GET", "POST"]),
+              *uws.routes(store),
+              Route("/capabilities", capabilities), Route("/availability", availability),
+              Route("/tables", tables), Route("/examples", examples),
+              Route("/mirror/status", status), Route("/mirror/state", state),
               *product_routes(ctx)]
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    middleware = [Middleware(Guard, token=ctx.token,
+                             max_body=ctx.config.serve.max_body_kb * 1024)]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.jobs = store
     return app
+
+
+def _tableset(ctx: ServiceContext) -> str:
+    def rows(adql: str) -> list[dict[str, Any]]:
+        with ctx.runners.runner() as r:
+            return r.query(adql, maxrec=1_000_000).arrow.to_pylist()
+
+    return vosi.tableset(rows("SELECT * FROM TAP_SCHEMA.schemas"),
+                         rows("SELECT * FROM TAP_SCHEMA.tables"),
+                         rows("SELECT * FROM TAP_SCHEMA.columns"))
+
+
+def _json(value: Any) -> Response:
+    return Response(json.dumps(value, default=str), media_type="application/json")
