@@ -19,6 +19,7 @@ from mirror.harvest.harvester import Harvester, Progress, SyncReport
 from mirror.harvest.tap import TapClient
 from mirror.query import QueryResult, Runner
 from mirror.retry import RetryPolicy
+from mirror.schema.profiles import refresh_after_sync
 from mirror.store.files import Store
 
 
@@ -90,6 +91,8 @@ class Mirror:
             reports.append(Harvester(cat, src, client, progress, cancel=cancel)
                            .run(dry_run=dry_run, full=full))
         self._close_runner()  # tables and columns may have changed
+        if not dry_run and any(r.run_id is not None for r in reports):
+            refresh_after_sync(cat)  # the schema catalogue's data profiles follow the rows
         return reports
 
     def fetch(self, source: str | None = None, *, retry_failed: bool = False,

@@ -156,6 +156,8 @@ SETTINGS: tuple[Setting, ...] = (
 
 _BY_KEY = {s.key: s for s in SETTINGS}
 _SOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,40}$")
+# ADQL schemas of the local catalogue (TAP_SCHEMA, ivoa, mirror's own tables)
+_RESERVED_NAMES = ("mirror", "ivoa", "tap_schema")
 _EXAMPLE = """[catalogue]
 path = "data/mirror.duckdb"
 [store]
@@ -363,6 +365,10 @@ def _check_source(src: dict[str, Any], file: Path) -> None:
         raise ConfigError(f"{file}: source.name {src['name']!r} is not a usable name",
                           "use letters, digits and '_', starting with a letter, "
                           'e.g. name = "eso"')
+    if src["name"].lower() in _RESERVED_NAMES:
+        raise ConfigError(f"{file}: source.name {src['name']!r} is reserved: the local catalogue "
+                          "has an ADQL schema of that name (mirror: its own tables)",
+                          'give the source another name, e.g. name = "eso"')
     if not re.match(r"^https?://", src["url"]):
         raise ConfigError(f"{file}: source.url {src['url']!r} of source {src['name']!r} is not "
                           "an http(s) URL", 'e.g. url = "https://archive.eso.org/tap_obs"')

@@ -148,3 +148,48 @@ products = sa.Table(
     comment="the data products chosen for fetching and their state "
             "(pending, done, failed, embargoed, withdrawn)",
 )
+
+column_profiles = sa.Table(
+    "column_profiles", metadata,
+    sa.Column("table_name", sa.String, primary_key=True),
+    sa.Column("column_name", sa.String, primary_key=True),
+    sa.Column("local_type", sa.String),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("null_count", sa.BigInteger, nullable=False),
+    sa.Column("null_fraction", sa.Float),
+    sa.Column("distinct_approx", sa.BigInteger),
+    sa.Column("min_value", sa.Text),
+    sa.Column("max_value", sa.Text),
+    sa.Column("examples", sa.Text),
+    sa.Column("computed_at", sa.DateTime, nullable=False),
+    comment="data profile of each column of the mirrored tables (mirror.schema.profiles)",
+)
+
+table_profiles = sa.Table(
+    "table_profiles", metadata,
+    sa.Column("table_name", sa.String, primary_key=True),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("column_count", sa.Integer, nullable=False),
+    sa.Column("positions", sa.BigInteger),
+    sa.Column("moc", sa.Text),
+    sa.Column("moc_depth", sa.Integer),
+    sa.Column("sky_fraction", sa.Float),
+    sa.Column("t_min_mjd", sa.Float),
+    sa.Column("t_max_mjd", sa.Float),
+    sa.Column("t_min_iso", sa.String),
+    sa.Column("t_max_iso", sa.String),
+    sa.Column("seconds", sa.Float),
+    sa.Column("computed_at", sa.DateTime, nullable=False),
+    comment="data profile of each mirrored table: rows, sky coverage (MOC), time range",
+)
+
+tap_examples = sa.Table(
+    "tap_examples", metadata,
+    sa.Column("source", sa.String, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("query", sa.Text, nullable=False),
+    sa.Column("fetched_at", sa.DateTime, nullable=False),
+    comment="each service's DALI examples document ({tap}/examples), replicated at sync",
+)

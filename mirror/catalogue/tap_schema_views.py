@@ -16,9 +16,11 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from mirror.catalogue import own_tables
+
 SCHEMA = "TAP_SCHEMA"
 # names that a source may not take as its ADQL schema: the standard ones win
-RESERVED_SCHEMAS = ("ivoa", "tap_schema")
+RESERVED_SCHEMAS = ("ivoa", "tap_schema", own_tables.SCHEMA)
 OBSCORE_UTYPE = "ivo://ivoa.net/std/ObsCore#table-1.1"
 
 # (column, datatype, arraysize, xtype, unit, ucd, principal, indexed, description)
@@ -162,6 +164,7 @@ def _columns_sql() -> str:
         "SELECT table_name, column_name, datatype, NULL, NULL, NULL, description, NULL, NULL, "
         "NULL, 0, 1, 1, i FROM " + _values(_own_columns(), "table_name, column_name, datatype, "
                                                           "description, i"),
+        "SELECT * FROM " + _values(own_tables.column_rows(), _COLUMN_NAMES),
     ]
     body = " UNION ALL ".join(f"({p})" for p in parts)
     return (f"WITH described AS ({_DESCRIBED}), u AS ({union}) "
@@ -192,12 +195,14 @@ def _tables_sql() -> str:
         || coalesce(s.url, '(not synced yet)'), 1 + r.rank
         FROM {_SOURCES} r LEFT JOIN sources s ON s.name = r.source
       UNION ALL SELECT * FROM {_values(own, "a, b, c, d, e, f")}
+      UNION ALL SELECT * FROM {_values(own_tables.table_rows(), "a, b, c, d, e, f")}
     ) AS t(schema_name, table_name, table_type, utype, description, table_index)"""
 
 
 def _schemas_sql() -> str:
     own = [("ivoa", None, "IVOA-defined tables: the mirrored ObsCore rows", 0),
-           ("TAP_SCHEMA", None, "description of the tables that can be queried here", 100)]
+           ("TAP_SCHEMA", None, "description of the tables that can be queried here", 100),
+           (own_tables.SCHEMA, None, own_tables.SCHEMA_DESCRIPTION, 200)]
     return f"""SELECT schema_name::VARCHAR AS schema_name, utype::VARCHAR AS utype,
         description::VARCHAR AS description, schema_index::INTEGER AS schema_index FROM (
       SELECT * FROM {_values(own, "a, b, c, d")}
@@ -223,3 +228,4 @@ def refresh(conn: sa.Connection) -> None:
              **_EMPTY}
     for name, sql in views.items():
         conn.exec_driver_sql(f'CREATE OR REPLACE VIEW "{SCHEMA}".{name} AS {sql}')
+    own_tables.create_views(conn)

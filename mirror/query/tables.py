@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import duckdb
 
+from mirror.catalogue import own_tables
 from mirror.catalogue.obscore import SOURCE_SCHEMA, q
 from mirror.catalogue.tap_schema_views import RESERVED_SCHEMAS
 from mirror.catalogue.tap_schema_views import SCHEMA as TAP_SCHEMA
@@ -21,6 +22,8 @@ from mirror.errors import CatalogueError
 def local_parts(adql_table: str) -> tuple[str, str]:
     """(schema, view) holding a table listed in the local TAP_SCHEMA.tables."""
     schema, _, table = adql_table.partition(".")
+    if schema.lower() == own_tables.SCHEMA:  # the file's own name: see own_tables
+        return own_tables.LOCAL_SCHEMA, table
     if schema.lower() in RESERVED_SCHEMAS:
         return schema, table
     return SOURCE_SCHEMA, schema.lower()  # `<source>.obscore`, as obscore.source_view names it
