@@ -188,13 +188,16 @@ def cmd_verify(mirror: Mirror, args: argparse.Namespace) -> int:
 def cmd_status(mirror: Mirror, args: argparse.Namespace) -> int:
     states = mirror.status()
     history = mirror.runs(limit=args.runs) if args.runs else []
+    live = daemon.service_state(mirror)  # None unless a daemon holds the catalogue
     if args.json:
         out.print_json(json.dumps({"sources": [s.as_dict() for s in states],
-                                   "runs": history}, default=str))
+                                   "runs": history, "daemon": live}, default=str))
         return 0
     if args.quiet:
         return 0
     out.print(f"[bold]catalogue[/] {mirror.config.catalogue_path}", highlight=False)
+    if live:
+        daemon.print_state(live)
     for s in states:
         out.print(f"\n[bold]{s.name}[/]  {s.url}", highlight=False)
         out.print(f"  rows       {s.rows:,} current, {s.withdrawn:,} withdrawn", highlight=False)
