@@ -130,3 +130,13 @@ def test_store_never_touches_the_catalogue_or_services() -> None:
 def test_services_do_not_import_each_other(service: str) -> None:
     others = tuple(s for s in ("mirror.harvest", "mirror.fetch", "mirror.query") if s != service)
     assert violations(GRAPH, (service,), (*others, "mirror.api", "mirror.cli")) == []
+
+
+def test_only_the_cli_imports_the_daemon() -> None:
+    assert sorted(f"{m} imports {i}" for m, imps in GRAPH.items()
+                  if not within(m, ("mirror.cli", "mirror.daemon"))
+                  for i in imps if within(i, ("mirror.daemon",))) == []
+
+
+def test_the_daemon_never_imports_the_cli() -> None:
+    assert violations(GRAPH, ("mirror.daemon",), ("mirror.cli",)) == []

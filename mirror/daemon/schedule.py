@@ -2,8 +2,8 @@
 
 Pure: the clock and the random source are passed in, so the rules are tested without sleeping.
 
-- a run that changed something (new, changed or withdrawn records, fetched files) sets the wait
-  back to the source's interval;
+- a run that changed something (new, changed or withdrawn records, fetched files), or the first
+  run that works after failures, sets the wait back to the source's interval;
 - a run that changed nothing doubles the wait, up to `idle_max` (a quiet archive is asked less);
 - a failed run (service down) waits `interval * 2**failures`, up to `backoff_max`: a failing
   service is never hammered, and the daemon never crash-loops.
@@ -63,11 +63,11 @@ class SourceClock:
 
     def succeeded(self, now: float, *, changed: bool, rng: Rng) -> float:
         """After a run that worked: back to the interval if it changed something, else idle."""
-        self.failures = 0
-        if changed:
+        if changed or self.failures:  # a recovery starts again from the interval
             self.wait = self.timing.interval
         else:
             self.wait = min(self.wait * IDLE_GROWTH, self.timing.idle_max)
+        self.failures = 0
         return self._plan(now, rng)
 
     def failed(self, now: float, *, rng: Rng) -> float:

@@ -29,9 +29,10 @@ class DaemonState:
         self._now = now
         self._lock = threading.Lock()
         self._status: list[dict[str, Any]] = []
+        started = iso(now())
         self._state: dict[str, Any] = {
-            "pid": os.getpid(), "running_since": iso(now()), "config": config_file,
-            "activity": "starting", "activity_since": iso(now()), "endpoint": None,
+            "pid": os.getpid(), "running_since": started, "config": config_file,
+            "activity": "starting", "activity_since": started, "endpoint": None,
             "last_reload": None, "reload_error": None, "sources": {}}
 
     def activity(self, what: str) -> None:
