@@ -3,10 +3,47 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import logging
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mirror.config import ServeConfig
+from mirror.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` keeps the service on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def access_token(host: str, serve: ServeConfig) -> str | None:
+    """The bearer token the service demands; binding beyond loopback without one is refused,
+    and with one is announced loudly."""
+    token = serve.token()
+    if is_loopback(host):
+        return token
+    if not serve.token_env:
+        raise ConfigError(f"refusing to serve on {host}: that exposes the catalogue beyond "
+                          "this machine and no access token is configured",
+                          "set serve.token_env to the name of an environment variable "
+                          "holding a long random token, or bind 127.0.0.1")
+    if token is None:
+        raise ConfigError(f"refusing to serve on {host}: the variable ${serve.token_env} "
+                          "named by serve.token_env is not set or empty",
+                          f"export {serve.token_env}=<a long random token>")
+    log.warning("EXPOSED: the TAP service listens on %s, reachable from other machines; every "
+                "request must carry the bearer token from $%s", host, serve.token_env)
+    return token
 
 
 class Guard:

@@ -239,7 +239,8 @@ class JobStore:
             self._jobs[job.id] = job
             if job.phase in ACTIVE:
                 job.error = "the service stopped while this job ran; submit it again"
-                self._set(job, "ERROR", ended=_iso(now()))
+                with self._changed:
+                    self._set(job, "ERROR", ended=_iso(now()))
         self.sweep()
 
     def _evict(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from xml.sax.saxutils import escape, quoteattr
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -13,6 +14,7 @@ from mirror.errors import MirrorError
 from mirror.server.jobs import Job, JobNotFound, JobStore
 from mirror.server.params import BadRequest, read_params
 from mirror.server.tap import error_response
+from mirror.server.votable import error_document
 
 NS = ('xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink" '
       'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"')
@@ -39,7 +41,7 @@ def routes(store: JobStore) -> list[Route]:
             if params.get("phase", "").upper() == "RUN":
                 store.start(job)
             return RedirectResponse(_url(request, job.id), status_code=303)
-        return Response(_jobs_xml(store.jobs(), request, request.query_params), media_type=XML)
+        return Response(_jobs_xml(store.jobs(), request), media_type=XML)
 
     async def job(request: Request) -> Response:
         job = store.get(request.path_params["id"])
@@ -56,7 +58,6 @@ def routes(store: JobStore) -> list[Route]:
                 store.start(job)
             return RedirectResponse(_url(request, job.id), status_code=303)
         if "wait" in params:
-            from starlette.concurrency import run_in_threadpool
             await run_in_threadpool(store.wait, job, _wait_seconds(params["wait"]),
                                     params.get("phase", "").upper() or None)
         return Response(job_xml(job, request), media_type=XML)
@@ -117,7 +118,6 @@ def routes(store: JobStore) -> list[Route]:
         if what == "error":
             if job.phase != "ERROR" or not job.error:
                 raise JobNotFound(f"job {job.id} has no error (it is {job.phase})")
-            from mirror.server.votable import error_document
             return Response(error_document(job.error), media_type="application/x-votable+xml")
         raise JobNotFound(f"no resource {what!r} for job {job.id}")
 
@@ -199,7 +199,7 @@ def _wrap(tag: str, inner: str, *, ns: bool = True) -> str:
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:{tag} {NS}>{inner}</uws:{tag}>')
 
 
-def _jobs_xml(jobs: list[Job], request: Request, query: object) -> str:
+def _jobs_xml(jobs: list[Job], request: Request) -> str:
     wanted = {p.upper() for k, p in request.query_params.multi_items() if k.lower() == "phase"}
     after = next((v for k, v in request.query_params.multi_items() if k.lower() == "after"), "")
     last = next((v for k, v in request.query_params.multi_items() if k.lower() == "last"), "")
