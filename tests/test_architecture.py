@@ -140,3 +140,12 @@ def test_only_the_cli_imports_the_daemon() -> None:
 
 def test_the_daemon_never_imports_the_cli() -> None:
     assert violations(GRAPH, ("mirror.daemon",), ("mirror.cli",)) == []
+
+
+def test_schema_reads_through_query_and_never_drives_services() -> None:
+    """The schema catalogue loads through ADQL and profiles through the catalogue; it never
+    harvests, fetches, serves, or reaches back into the API or the command line."""
+    assert violations(GRAPH, ("mirror.schema",),
+                      ("mirror.harvest", "mirror.fetch", "mirror.server", "mirror.daemon",
+                       "mirror.ml", "mirror.api", "mirror.cli")) == []
+    assert "mirror.schema.profiles" in GRAPH

@@ -30,9 +30,9 @@ from mirror.errors import (
     WithdrawalCapError,
 )
 from mirror.harvest import plan
+from mirror.harvest.examples import read_examples, replace_examples
 from mirror.harvest.pages import parse_csv, parse_ids
 from mirror.harvest.tap import TapClient
-from mirror.harvest.examples import read_examples, replace_examples
 from mirror.harvest.tap_schema import replicate_tap_schema
 
 log = logging.getLogger("mirror")

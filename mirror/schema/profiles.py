@@ -16,9 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import astropy.units as u
 import numpy as np
 import sqlalchemy as sa
+from astropy.coordinates import Latitude, Longitude
 from astropy.time import Time
+from cdshealpix.nested import lonlat_to_healpix
 from mocpy import MOC
 
 from mirror.catalogue.engine import Catalogue, utcnow
@@ -73,7 +76,14 @@ def profile_table(conn: sa.Connection, table: str) -> ProfileReport:
     """Profile one table (ADQL name) and replace its stored profile."""
     started = time.perf_counter()
     local = local_name(table)
-    types = _column_types(conn, local)
+    present = _column_types(conn, local)
+    listed = [r[0] for r in conn.exec_driver_sql(
+        'SELECT column_name FROM "TAP_SCHEMA".columns WHERE table_name = ? '
+        "ORDER BY column_index", (table,))]
+    by_lower = {n.lower(): n for n in present}
+    # what the local TAP_SCHEMA lists is what users see; internal helpers are not profiled
+    types = {by_lower[n.lower()]: present[by_lower[n.lower()]] for n in listed
+             if n.lower() in by_lower}
     total, stats = _aggregates(conn, local, types)
     examples = _examples(conn, local, types) if total else {}
     now = utcnow()
@@ -87,7 +97,7 @@ def profile_table(conn: sa.Connection, table: str) -> ProfileReport:
     if rows:
         conn.execute(column_profiles.insert(), rows)
     lower = {n.lower(): n for n in types}
-    moc = _coverage(conn, local) if HPX_COLUMN in lower else None
+    moc = _coverage(conn, local, HPX_COLUMN in by_lower, lower) if total else None
     t_lo = _mjd(stats[lower["t_min"]]["min"]) if "t_min" in lower else None
     t_hi = _mjd(stats[lower["t_max"]]["max"]) if "t_max" in lower else None
     seconds = time.perf_counter() - started
@@ -150,16 +160,32 @@ def _examples(conn: sa.Connection, local: str, types: dict[str, str]) -> dict[st
             for n, vals in zip(names, row, strict=True)}
 
 
-def _coverage(conn: sa.Connection, local: str) -> tuple[int, str, int, float] | None:
-    """(positions, MOC as ASCII, depth, sky fraction) of the `_hpx` positions."""
-    shift = 2 * (HPX_DEPTH - MOC_DEPTH)
-    cells = np.array([r[0] for r in conn.exec_driver_sql(
-        f"SELECT DISTINCT {q(HPX_COLUMN)} >> {shift} FROM {local} "
-        f"WHERE {q(HPX_COLUMN)} IS NOT NULL")], dtype=np.uint64)
+def _coverage(conn: sa.Connection, local: str, has_hpx: bool,
+              names: dict[str, str]) -> tuple[int, str, int, float] | None:
+    """(positions, MOC as ASCII, depth, sky fraction) of the rows' positions: from the
+    HEALPix index `_hpx` where the table keeps one, else from s_ra and s_dec."""
+    if has_hpx:
+        shift = 2 * (HPX_DEPTH - MOC_DEPTH)
+        cells = np.array([r[0] for r in conn.exec_driver_sql(
+            f"SELECT DISTINCT {q(HPX_COLUMN)} >> {shift} FROM {local} "
+            f"WHERE {q(HPX_COLUMN)} IS NOT NULL")], dtype=np.uint64)
+        positions = int(conn.exec_driver_sql(
+            f"SELECT count({q(HPX_COLUMN)}) FROM {local}").scalar_one()) if len(cells) else 0
+    elif "s_ra" in names and "s_dec" in names:
+        ra, dec = q(names["s_ra"]), q(names["s_dec"])
+        found = conn.exec_driver_sql(
+            f"SELECT {ra}::DOUBLE, {dec}::DOUBLE FROM {local} WHERE {ra} IS NOT NULL "
+            f"AND {dec} IS NOT NULL AND abs({dec}) <= 90").all()
+        positions = len(found)
+        if not found:
+            return None
+        lon, lat = np.array(found, dtype=float).T
+        cells = np.unique(lonlat_to_healpix(Longitude(lon, u.deg), Latitude(lat, u.deg),
+                                            MOC_DEPTH).astype(np.uint64))
+    else:
+        return None
     if len(cells) == 0:
         return None
-    positions = int(conn.exec_driver_sql(
-        f"SELECT count({q(HPX_COLUMN)}) FROM {local}").scalar_one())
     depth = MOC_DEPTH
     moc = MOC.from_healpix_cells(cells, np.full(len(cells), depth, dtype=np.uint8),
                                  max_depth=depth)
