@@ -149,3 +149,11 @@ def test_schema_reads_through_query_and_never_drives_services() -> None:
                       ("mirror.harvest", "mirror.fetch", "mirror.server", "mirror.daemon",
                        "mirror.ml", "mirror.api", "mirror.cli")) == []
     assert "mirror.schema.profiles" in GRAPH
+
+
+def test_ml_selects_with_query_and_reads_the_store_never_harvests_or_fetches() -> None:
+    assert violations(GRAPH, ("mirror.ml",),
+                      ("mirror.harvest", "mirror.fetch", "mirror.api", "mirror.cli",
+                       "mirror.server", "mirror.daemon", "mirror.schema")) == []
+    assert {"mirror.query", "mirror.store.files"} <= set().union(
+        *(imps for mod, imps in GRAPH.items() if within(mod, ("mirror.ml",))))

@@ -1,0 +1,80 @@
+"""The tables beside an export's arrays: manifest (one row per array row), rejects (one row
+per selected record that is not in the arrays, with the reason) and export.json (arguments,
+mirror's version, counts). Written atomically, with no clock in them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mirror.ml.errors import ExportError
+
+MANIFEST, REJECTS, META = "manifest.parquet", "rejects.csv", "export.json"
+META_KEY = b"mirror.export"
+
+
+def prepare_folder(folder: Path) -> Path:
+    """The output folder, created; refused when it holds anything but an earlier export."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {folder}: {exc.strerror}") from exc
+    if any(folder.iterdir()) and not (folder / META).is_file():
+        raise ExportError(f"{folder} is not empty and holds no earlier export",
+                          "give a new or empty folder (an earlier export's folder is "
+                          "overwritten)")
+    return folder
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (temp file, rename)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_manifest(folder: Path, selection: pa.Table, rows: Sequence[int],
+                   computed: Mapping[str, Sequence[Any]], meta: Mapping[str, Any]) -> None:
+    """manifest.parquet: `row` (the array row), the selected ObsCore columns, `computed`."""
+    table = selection.take(pa.array(rows, pa.int64())) if rows else selection.slice(0, 0)
+    table = table.add_column(0, "row", pa.array(range(len(rows)), pa.int64()))
+    for name, values in computed.items():
+        table = table.append_column(name, pa.array(list(values)))
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes(folder / MANIFEST, sink.getvalue())
+
+
+def write_rejects(folder: Path, selection: pa.Table, reasons: Mapping[int, str],
+                  key: str = "obs_publisher_did") -> None:
+    """rejects.csv: each selected record left out, in selection order, and why."""
+    dids = selection.column(key).to_pylist() if selection.num_rows else []
+    sources = selection.column("mirror_source").to_pylist() if selection.num_rows else []
+    text = io.StringIO()
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow([key, "mirror_source", "reason"])
+    for row in sorted(reasons):
+        out.writerow([dids[row], sources[row], reasons[row]])
+    write_bytes(folder / REJECTS, text.getvalue().encode("utf-8"))
+
+
+def write_json(folder: Path, meta: Mapping[str, Any]) -> None:
+    write_bytes(folder / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(folder: Path) -> dict[str, Any]:
+    """An export folder's export.json."""
+    path = Path(folder) / META
+    if not path.is_file():
+        raise ExportError(f"{folder} holds no export (no {META})",
+                          "give the --out folder of a `mirror export`")
+    return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
