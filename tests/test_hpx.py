@@ -95,14 +95,16 @@ def test_a_moved_record_gets_its_new_hpx(harness: Harness, tap: FakeTap) -> None
     assert hpx == expected_hpx(123.25, -12.5)
 
 
-def test_views_expose_hpx_and_tap_schema_documents_it_as_internal(harness: Harness) -> None:
+def test_views_expose_hpx_and_tap_schema_leaves_it_out(harness: Harness) -> None:
+    # TAP clients expect SELECT * to return every listed column, and `_hpx` is no ADQL
+    # identifier (taplint CNID, CLDR): the internal column is queryable but not listed
     harness.sync()
     for view in ("ivoa.obscore", "ivoa.obscore_withdrawn", "source_obscore.fake"):
         harness.sql(f"SELECT _hpx FROM {view} LIMIT 1")
-    [(text, principal)] = harness.sql(
-        "SELECT description, principal FROM TAP_SCHEMA.columns "
-        "WHERE table_name = 'ivoa.obscore' AND column_name = '_hpx'")
-    assert "internal" in text and principal == 0
+    assert harness.sql("SELECT count(*) FROM TAP_SCHEMA.columns "
+                       "WHERE column_name = '_hpx'") == [(0,)]
+    result = harness.mirror.query('SELECT TOP 1 "_hpx" FROM ivoa.obscore')
+    assert result.arrow.column_names == ["_hpx"]
 
 
 @pytest.mark.parametrize(("written", "total", "expected"), [

@@ -32,7 +32,7 @@ from mirror.server.context import ServiceContext
 from mirror.server.formats import FORMATS
 from mirror.server.guard import access_token
 from mirror.server.pool import RunnerPool
-from mirror.server.vosi import FEATURES, UDFS
+from mirror.server.vosi import FEATURES, UDFS, UNADVERTISED
 
 CONE = ("SELECT obs_publisher_did, s_ra, s_dec, t_min, obs_release_date, snr, target_class "
         "FROM ivoa.obscore WHERE 1 = CONTAINS(POINT('ICRS', s_ra, s_dec), "
@@ -391,7 +391,7 @@ def test_every_advertised_feature_runs(client: TestClient, ctx: ServiceContext) 
     probes = [(form, q) for feats in FEATURES.values() for form, q in feats]
     probes += [(form, q) for form, _, q in UDFS]
     assert forms == {form for form, _ in probes}
-    for form, q in probes:
+    for form, q in probes + UNADVERTISED:
         assert direct(ctx, q) is not None, form
     mimes = [e.text for e in root.iter("mime")]
     assert mimes == [f.mime for f in FORMATS]

@@ -45,6 +45,7 @@ class Translation:
     limit: int | None
     tables: list[str]
     geometry: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # `col AS name`: name -> col
 
 
 def translate(adql: str, tables: TableMap, *, maxrec: int | None = None,
@@ -58,13 +59,23 @@ def translate(adql: str, tables: TableMap, *, maxrec: int | None = None,
     checks.check_query(tree, adql, tokens.conditional_joins)
     binding = bind(tree, tables)
     geometry = _geometry_columns(tree, binding.columns)
+    aliases = _aliases(tree)
     if prefilter_spatial:
         prefilter.apply(tree, binding)
     tree = rewrite.lower(tree, binding)
     limit = _cap(tree, maxrec)
     safety.check_output(tree, _OUTPUT_CALLS)
     sql = _DUCKDB.generate(tree, copy=False, comments=False, normalize_functions="lower")
-    return Translation(sql, list(binding.columns), limit, list(binding.tables), geometry)
+    return Translation(sql, list(binding.columns), limit, list(binding.tables), geometry,
+                       aliases)
+
+
+def _aliases(tree: exp.Expr) -> dict[str, str]:
+    """Result columns that rename a plain column: they keep its unit, UCD and description."""
+    if not isinstance(tree, exp.Select):
+        return {}
+    return {p.alias: p.this.name for p in tree.expressions
+            if isinstance(p, exp.Alias) and isinstance(p.this, exp.Column)}
 
 
 def _cap(tree: exp.Expr, maxrec: int | None) -> int | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from mirror.adql.checks import RESERVED
 from mirror.catalogue import own_tables
 
 SCHEMA = "TAP_SCHEMA"
@@ -149,26 +150,25 @@ def _columns_sql() -> str:
         f"SELECT 'ivoa.obscore', column_name, {data}, "
         "row_number() OVER (ORDER BY rank, position) - 1 FROM u",
         _helper_rows("'ivoa.obscore'", [SOURCE_HELPER], n_union, no_tag),
-        _helper_rows("'ivoa.obscore'", [HPX_HELPER], f"{n_union} + 1",
-                     "WHERE EXISTS (SELECT 1 FROM u)"),
         f"SELECT 'ivoa.obscore_withdrawn', column_name, {data}, "
         "row_number() OVER (ORDER BY rank, position) - 1 FROM u",
         _helper_rows("'ivoa.obscore_withdrawn'", [SOURCE_HELPER], n_union, no_tag),
-        _helper_rows("'ivoa.obscore_withdrawn'", [HPX_HELPER, WITHDRAWN_HELPER],
+        _helper_rows("'ivoa.obscore_withdrawn'", [WITHDRAWN_HELPER],
                      f"{n_union} + 1", "WHERE EXISTS (SELECT 1 FROM u)"),
         f"SELECT d.source || '.obscore', column_name, {data}, position FROM described d "
         f"JOIN {_SOURCES} USING (source)",
-        _helper_rows("r.source || '.obscore'", [HPX_HELPER],
-                     "(SELECT max(position) + 1 FROM source_columns c WHERE c.source = r.source)",
-                     f"FROM {_SOURCES} r"),
-        "SELECT table_name, column_name, datatype, NULL, NULL, NULL, description, NULL, NULL, "
+        "SELECT table_name, column_name, "
+        "datatype, CASE datatype WHEN 'char' THEN '*' END, NULL, NULL, description, NULL, NULL, "
         "NULL, 0, 1, 1, i FROM " + _values(_own_columns(), "table_name, column_name, datatype, "
                                                           "description, i"),
         "SELECT * FROM " + _values(own_tables.column_rows(), _COLUMN_NAMES),
     ]
     body = " UNION ALL ".join(f"({p})" for p in parts)
     return (f"WITH described AS ({_DESCRIBED}), u AS ({union}) "
-            f"SELECT table_name::VARCHAR AS table_name, column_name::VARCHAR AS column_name, "
+            # TAP 1.1 4.3: a column named by an ADQL reserved word is listed delimited ("size")
+            "SELECT table_name::VARCHAR AS table_name, CASE WHEN lower(column_name) IN "
+            f"({', '.join(_lit(w) for w in sorted(RESERVED))}) THEN '\"' || column_name || '\"' "
+            "ELSE column_name END::VARCHAR AS column_name, "
             "datatype::VARCHAR AS datatype, arraysize::VARCHAR AS arraysize, "
             "xtype::VARCHAR AS xtype, size::INTEGER AS size, description::VARCHAR AS description, "
             "utype::VARCHAR AS utype, unit::VARCHAR AS unit, ucd::VARCHAR AS ucd, "
@@ -212,12 +212,21 @@ def _schemas_sql() -> str:
     ) AS s(schema_name, utype, description, schema_index)"""
 
 
+# TAP 1.1 section 4: the foreign keys between the TAP_SCHEMA tables, (id, from, target, columns)
+_KEYS = (("ts_tables_schema", _TS[1], _TS[0], "schema_name", "schema_name"),
+         ("ts_columns_table", _TS[2], _TS[1], "table_name", "table_name"),
+         ("ts_keys_from", _TS[3], _TS[1], "from_table", "table_name"),
+         ("ts_keys_target", _TS[3], _TS[1], "target_table", "table_name"),
+         ("ts_key_columns_key", _TS[4], _TS[3], "key_id", "key_id"))
 _EMPTY = {
-    "keys": "SELECT NULL::VARCHAR AS key_id, NULL::VARCHAR AS from_table, "
-            "NULL::VARCHAR AS target_table, NULL::VARCHAR AS utype, "
-            "NULL::VARCHAR AS description WHERE false",
-    "key_columns": "SELECT NULL::VARCHAR AS key_id, NULL::VARCHAR AS from_column, "
-                   "NULL::VARCHAR AS target_column WHERE false",
+    "keys": "SELECT key_id::VARCHAR AS key_id, from_table::VARCHAR AS from_table, "
+            "target_table::VARCHAR AS target_table, NULL::VARCHAR AS utype, "
+            "NULL::VARCHAR AS description FROM "
+            + _values([k[:3] for k in _KEYS], "key_id, from_table, target_table"),
+    "key_columns": "SELECT key_id::VARCHAR AS key_id, from_column::VARCHAR AS from_column, "
+                   "target_column::VARCHAR AS target_column FROM "
+                   + _values([(k[0], k[3], k[4]) for k in _KEYS],
+                             "key_id, from_column, target_column"),
 }
 
 

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
 from collections.abc import Callable
-
-import uvicorn
 
 from mirror.api import Mirror
 from mirror.cli.output import err, out
-from mirror.errors import MirrorError
-from mirror.server.app import build_app
 from mirror.server.context import ServiceContext
 from mirror.server.guard import access_token
+from mirror.server.service import LocalService
 
 Command = Callable[[str, str], argparse.ArgumentParser]
 
@@ -32,40 +27,18 @@ def cmd_serve(mirror: Mirror, args: argparse.Namespace) -> int:
     serve = mirror.config.serve
     host = args.host or serve.host
     port = serve.port if args.port is None else args.port
-    token = access_token(host, serve)
-    catalogue = mirror.catalogue(write=True)
-    ctx = ServiceContext(catalogue, mirror.config, token=token,
+    token = access_token(host, serve)  # refuses an exposed address without a token
+    ctx = ServiceContext(mirror.catalogue(write=True), mirror.config, token=token,
                          status=lambda: [s.as_dict() for s in mirror.status()])
-    sock = _bind(host, port)
-    shown = f"[{host}]" if ":" in host else host
-    ctx.base_url = f"http://{shown}:{sock.getsockname()[1]}"
-    app = build_app(ctx)
-    if not args.quiet:
-        out.print(f"TAP service at {ctx.base_url} (Ctrl-C stops it)", highlight=False)
-        err.print(f"  TOPCAT: File > Load Table > TAP, URL {ctx.base_url}; "
-                  f"pyvo: pyvo.dal.TAPService({ctx.base_url!r})", highlight=False)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5))
+    service = LocalService(ctx, host, port)
     try:
-        server.run(sockets=[sock])  # uvicorn stops gracefully on SIGINT and SIGTERM
+        url = service.start()
+        if not args.quiet:
+            out.print(f"TAP service at {url} (Ctrl-C stops it)", highlight=False)
+            err.print(f"  TOPCAT: VO > Table Access Protocol, TAP URL {url}; "
+                      f"pyvo: pyvo.dal.TAPService({url!r})", highlight=False)
+        service.serve_forever()  # until SIGINT or SIGTERM
     finally:
+        service.stop()
         ctx.close()
-        with contextlib.suppress(OSError):
-            sock.close()
     return 0
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise MirrorError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                          "give another --port (0 picks a free one) or stop whatever uses it") \
-            from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock

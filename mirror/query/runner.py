@@ -9,6 +9,7 @@ a translator bug cannot write, nor read outside the catalogue.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import warnings
@@ -77,6 +78,9 @@ class Runner:
         if len(names) == arrow.num_columns:
             arrow = arrow.rename_columns(unique_names(names))
         columns = self.tables.metadata(translation.tables)
+        for alias, source in translation.aliases.items():  # `s_ra AS ra` is still in degrees
+            if (spec := columns.get(source.lower())) is not None:
+                columns[alias.lower()] = dataclasses.replace(spec, name=alias)
         for name, xtype in translation.geometry.items():  # computed geometry: DALI text
             columns.setdefault(name.lower(), ColumnSpec(name, "char", "*", xtype))
         return QueryResult(annotate(arrow, columns), overflow, columns, adql, translation.sql,

@@ -11,9 +11,10 @@ from collections.abc import Iterable
 
 import duckdb
 
+from mirror.adql import HPX_COLUMN
 from mirror.catalogue import own_tables
 from mirror.catalogue.obscore import SOURCE_SCHEMA, q
-from mirror.catalogue.tap_schema_views import RESERVED_SCHEMAS
+from mirror.catalogue.tap_schema_views import HPX_HELPER, RESERVED_SCHEMAS
 from mirror.catalogue.tap_schema_views import SCHEMA as TAP_SCHEMA
 from mirror.catalogue.types import ColumnSpec
 from mirror.errors import CatalogueError
@@ -64,13 +65,17 @@ class CatalogueTables:
             f'c.description FROM "{TAP_SCHEMA}".columns c JOIN "{TAP_SCHEMA}".tables t '
             "USING (table_name) ORDER BY t.table_index, c.table_name, c.column_index").fetchall()
         columns: dict[str, list[ColumnSpec]] = {}
-        for table, *meta in rows:
-            columns.setdefault(table, []).append(ColumnSpec(*meta))
+        for table, name, *meta in rows:  # TAP_SCHEMA lists a reserved word delimited: "size"
+            columns.setdefault(table, []).append(ColumnSpec(name.strip('"'), *meta))
         types: dict[tuple[str, str], dict[str, str]] = {}
         for schema, view, column, dtype in con.execute(
                 "SELECT lower(schema_name), lower(table_name), column_name, data_type "
                 "FROM duckdb_columns() WHERE NOT internal").fetchall():
             types.setdefault((schema, view), {})[column] = dtype
+        for table, cols in columns.items():  # _hpx: queryable, not listed (no ADQL identifier)
+            if HPX_COLUMN in types.get(tuple(p.lower() for p in local_parts(table)), {}):
+                cols.append(ColumnSpec(HPX_COLUMN, "long", ucd="pos.healpix",
+                                       description=HPX_HELPER[-1]))
         return cls(columns, types)
 
     # -- the TableMap protocol ----------------------------------------------------------------

@@ -36,6 +36,7 @@ def jobs_folder(catalogue: Path) -> Path:
 def build_app(ctx: ServiceContext) -> Starlette:
     """The service's routes over `ctx`; TAP endpoints sit at the root of the base URL."""
     store = JobStore(ctx, jobs_folder(ctx.config.catalogue_path))
+    ctx.closers.append(store.close)  # a LocalService runs without lifespan events
     up_since = dt.datetime.now(dt.UTC)
 
     def base(request: Request) -> str:
@@ -61,7 +62,11 @@ def build_app(ctx: ServiceContext) -> Starlette:
 
     async def status(request: Request) -> Response:
         rows = await run_in_threadpool(ctx.status) if ctx.status else []
-        return _json(rows)
+        wanted = request.query_params.get("runs", "")
+        if not wanted.isdigit():
+            return _json(rows)
+        history = await run_in_threadpool(_runs, ctx, min(int(wanted), 10_000))
+        return _json({"sources": rows, "runs": history})  # `mirror status --runs N` elsewhere
 
     async def state(request: Request) -> Response:
         if ctx.state is None:
@@ -102,7 +107,17 @@ def _tableset(ctx: ServiceContext) -> str:
 
     return vosi.tableset(rows("SELECT * FROM TAP_SCHEMA.schemas"),
                          rows("SELECT * FROM TAP_SCHEMA.tables"),
-                         rows("SELECT * FROM TAP_SCHEMA.columns"))
+                         rows("SELECT * FROM TAP_SCHEMA.columns"),
+                         rows("SELECT * FROM TAP_SCHEMA.keys"),
+                         rows("SELECT * FROM TAP_SCHEMA.key_columns"))
+
+
+def _runs(ctx: ServiceContext, limit: int) -> list[dict[str, Any]]:
+    """The newest sync runs, read beside the writer on a connection of their own."""
+    from mirror.catalogue import runs
+
+    with ctx.catalogue.reader() as conn:
+        return [dict(r._mapping) for r in runs.runs(conn, None, limit)]
 
 
 def _json(value: Any) -> Response:

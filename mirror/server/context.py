@@ -22,11 +22,15 @@ class ServiceContext:
     status: Callable[[], list[dict[str, Any]]] | None = None
     state: Callable[[], dict[str, Any]] | None = None
     runners: RunnerPool = field(default=None)  # type: ignore[assignment]
+    closers: list[Callable[[], None]] = field(default_factory=list)  # e.g. the async job store
 
     def __post_init__(self) -> None:
         if self.runners is None:
             self.runners = RunnerPool.for_config(self.catalogue, self.config)
 
     def close(self) -> None:
-        """Close the readers' connections (the catalogue belongs to whoever opened it)."""
+        """Stop the async workers, close the readers' connections (the catalogue belongs to
+        whoever opened it)."""
+        while self.closers:
+            self.closers.pop()()
         self.runners.close()

@@ -99,5 +99,5 @@ def document(items: list[Example]) -> str:
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<!DOCTYPE html>\n'
             '<html xmlns="http://www.w3.org/1999/xhtml"><head><title>Examples</title></head>\n'
-            '<body vocab="ivo://ivoa.net/std/DALI-examples"><h1>Example queries</h1>\n'
+            '<body vocab="http://www.ivoa.net/rdf/examples#"><h1>Example queries</h1>\n'
             f"{body}</body></html>\n")

@@ -31,6 +31,10 @@ _NUMERIC = {  # arrow type id -> (VOTable datatype, numpy big-endian dtype)
     pa.uint64(): ("long", ">i8"), pa.float32(): ("float", ">f4"), pa.float64(): ("double", ">f8"),
 }
 
+# lossless widenings applied when TAP_SCHEMA declares a wider type than the column holds
+_WIDER = {"float": {"double": ">f8"}, "short": {"int": ">i4", "long": ">i8"},
+          "int": {"long": ">i8"}, "unsignedByte": {"short": ">i2", "int": ">i4", "long": ">i8"}}
+
 
 @dataclass
 class Field:
@@ -63,6 +67,8 @@ def _field(name: str, data: pa.ChunkedArray, meta: ColumnSpec | None) -> Field:
         return Field(name, "double", size, meta, plain, values)
     if typ in _NUMERIC:
         datatype, dtype = _NUMERIC[typ]
+        if meta is not None and meta.datatype in _WIDER.get(datatype, ()):
+            datatype, dtype = meta.datatype, _WIDER[datatype][meta.datatype]  # as TAP_SCHEMA says
         return Field(name, datatype, None, meta, xtype, data.to_pylist(), dtype)
     if pa.types.is_decimal(typ):
         return Field(name, "double", None, meta, xtype,
@@ -112,11 +118,13 @@ def document(arrow: pa.Table, columns: dict[str, ColumnSpec], *, overflow: bool,
     return ("\n".join(head) + "\n").encode() + body + "\n".join(tail).encode()
 
 
-def error_document(message: str) -> bytes:
-    """A DALI error VOTable: QUERY_STATUS ERROR with the message."""
+def error_document(message: str, infos: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A DALI error VOTable: QUERY_STATUS ERROR with the message; `infos` say more to clients
+    that know them (`mirror.errors.to_wire`: the error's kind and hint)."""
     return "\n".join([
         _head(), '<RESOURCE type="results">',
         f'<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>',
+        *(f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in infos),
         "</RESOURCE>", "</VOTABLE>", ""]).encode()
 
 
