@@ -12,12 +12,13 @@ import sqlalchemy as sa
 from mirror.catalogue import obscore, products, runs
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config, load_config
-from mirror.errors import CatalogueError
+from mirror.errors import CatalogueBusyError, CatalogueError
 from mirror.fetch.audit import AuditReport, audit
 from mirror.fetch.fetcher import Fetcher, FetchReport
 from mirror.harvest.harvester import Harvester, Progress, SyncReport
 from mirror.harvest.tap import TapClient
 from mirror.query import QueryResult, Runner
+from mirror.remote import RemoteCatalogue, advertised, require
 from mirror.retry import RetryPolicy
 from mirror.schema.profiles import refresh_after_sync
 from mirror.store.files import Store
@@ -51,6 +52,7 @@ class Mirror:
         self.config = config
         self._catalogue: Catalogue | None = None
         self._runner: Runner | None = None
+        self._remote: RemoteCatalogue | None = None
 
     @classmethod
     def open(cls, config_path: str | os.PathLike[str] | None = None) -> Mirror:
@@ -113,9 +115,11 @@ class Mirror:
         if not self.config.catalogue_path.exists():
             raise CatalogueError(f"no catalogue at {self.config.catalogue_path} yet",
                                  "run `mirror init` or `mirror sync` first")
-        cat = self.catalogue(write=False)
+        cat = self._reader()
+        if isinstance(cat, RemoteCatalogue):
+            return [_source_status(row) for row in cat.status()]
         out = []
-        with cat.begin() as conn:
+        with cat.reader() as conn:  # beside a writer thread of this process, never in its way
             stored = products.counts(conn)
             for src in self.config.sources:
                 st = SourceStatus(src.name, src.url)
@@ -139,17 +143,46 @@ class Mirror:
 
     def runs(self, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The run history, newest first."""
-        with self.catalogue(write=False).begin() as conn:
+        cat = self._reader()
+        if isinstance(cat, RemoteCatalogue):
+            return cat.runs(source, limit)
+        with cat.reader() as conn:
             return [dict(r._mapping) for r in runs.runs(conn, source, limit)]
+
+    def service_state(self) -> dict[str, Any] | None:
+        """The live state of the daemon that holds the catalogue; None when none does."""
+        try:
+            cat = self._reader()
+        except CatalogueError:
+            return None
+        return cat.state() if isinstance(cat, RemoteCatalogue) else None
 
     def query(self, adql: str, *, maxrec: int | None = None,
               timeout: float | None = None) -> QueryResult:
         """Run an ADQL query on the local catalogue (read-only), at most `maxrec` rows within
         `timeout` seconds (defaults: [query] maxrec and timeout)."""
         if self._runner is None:
-            self._runner = Runner(self.catalogue(write=False), timeout=self.config.query.timeout,
+            cat = self._reader()
+            if isinstance(cat, RemoteCatalogue):  # another process holds it: ask its service
+                return cat.query(adql, maxrec=maxrec, timeout=timeout)
+            self._runner = Runner(cat, timeout=self.config.query.timeout,
                                   maxrec=self.config.query.maxrec)
         return self._runner.query(adql, maxrec=maxrec, timeout=timeout)
+
+    def _reader(self) -> Catalogue | RemoteCatalogue:
+        """What reads go to: the catalogue, opened here (read-only unless this process writes
+        it), or, while another process holds it, the service that process advertises; without
+        one, that process's CatalogueBusyError."""
+        if self._catalogue is None and self._remote is not None:
+            if advertised(self.config.catalogue_path) == self._remote.endpoint:
+                return self._remote
+            self._remote = None  # that holder is gone, or serves elsewhere now
+        try:
+            return self.catalogue(write=False)
+        except CatalogueBusyError as busy:
+            endpoint = require(self.config.catalogue_path, busy)
+            self._remote = RemoteCatalogue(endpoint, timeout=self.config.query.timeout)
+            return self._remote
 
     def _close_runner(self) -> None:
         if self._runner is not None:
@@ -167,6 +200,12 @@ class Mirror:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _source_status(row: dict[str, Any]) -> SourceStatus:
+    """A status row as the holder's service sent it (unknown keys ignored)."""
+    known = SourceStatus.__dataclass_fields__
+    return SourceStatus(**{k: v for k, v in row.items() if k in known})
 
 
 def _iso(value: Any) -> str | None:

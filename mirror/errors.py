@@ -186,3 +186,36 @@ class QueryError(MirrorError):
 
 class QueryTimeoutError(QueryError):
     """A query ran longer than its time limit and was stopped."""
+
+
+# -- errors across the local service: a reader in another process raises the same kind ----------
+
+_WIRE = ("line", "column", "text")
+
+
+def to_wire(exc: MirrorError) -> dict[str, str]:
+    """What a service tells its client about `exc` (beside the message) so the client can raise
+    the same kind: `error_kind`, `hint`, and where an ADQL syntax error sits."""
+    out = {"error_kind": type(exc).__name__}
+    if exc.hint:
+        out["hint"] = exc.hint
+    if isinstance(exc, AdqlSyntaxError):
+        out.update({k: str(getattr(exc, k)) for k in _WIRE if getattr(exc, k)})
+    return out
+
+
+def from_wire(message: str, fields: dict[str, str], query: str = "") -> MirrorError:
+    """The error a service described with `to_wire` (QueryError when the kind is not ours)."""
+    kind = globals().get(fields.get("error_kind", ""), QueryError)
+    if not (isinstance(kind, type) and issubclass(kind, MirrorError)):
+        kind = QueryError
+    hint = fields.get("hint") or None
+    if kind is AdqlSyntaxError:
+        line, column = (int(v) if (v := fields.get(k, "")).isdigit() else 0
+                        for k in ("line", "column"))
+        return AdqlSyntaxError(message, hint, query=query, line=line, column=column,
+                               text=fields.get("text", ""))
+    try:
+        return kind(message, hint)  # type: ignore[no-any-return]
+    except TypeError:  # a kind with required extras
+        return QueryError(message, hint)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from mirror.harvest.harvester import SyncReport
 from mirror.progress import fetch_progress
 from mirror.query import QueryResult
 from mirror.query.writers import BINARY, WRITERS, null_text, write
+from mirror.server.service import serving
 
 # commands registered the way a plugin would be: each module adds its parsers with `register`
 PLUGINS = (schema, server, daemon, export)
@@ -117,6 +119,21 @@ def cmd_init(mirror: Mirror, args: argparse.Namespace) -> int:
     return 0
 
 
+Handler = Callable[[Mirror, argparse.Namespace], int]
+
+
+def writes(handler: Handler) -> Handler:
+    """A command that writes the catalogue serves it to other processes meanwhile (DuckDB locks
+    them out of the file): `mirror query` in another terminal answers instead of failing."""
+    @functools.wraps(handler)
+    def run(mirror: Mirror, args: argparse.Namespace) -> int:
+        with serving(mirror.catalogue(), mirror.config,
+                     status=lambda: [s.as_dict() for s in mirror.status()]):
+            return handler(mirror, args)
+    return run
+
+
+@writes
 def cmd_sync(mirror: Mirror, args: argparse.Namespace) -> int:
     show = not (args.quiet or args.json) and err.is_terminal
 
@@ -141,6 +158,7 @@ def cmd_sync(mirror: Mirror, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+@writes
 def cmd_fetch(mirror: Mirror, args: argparse.Namespace) -> int:
     reports = _fetch(mirror, args.source, args.retry_failed, args)
     if args.json:
@@ -167,6 +185,7 @@ def _fetch(mirror: Mirror, source: str | None, retry_failed: bool,
     return reports
 
 
+@writes
 def cmd_verify(mirror: Mirror, args: argparse.Namespace) -> int:
     report = mirror.verify(repair=not args.no_repair)
     if args.json:

@@ -6,10 +6,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mirror.errors import MirrorError
+from mirror.errors import MirrorError, to_wire
 from mirror.server import votable
 from mirror.server.context import ServiceContext
-from mirror.server.execute import message, run
+from mirror.server.execute import message, run, scrub
 from mirror.server.formats import VOTABLE
 from mirror.server.params import read_params, tap_query
 from mirror.server.pool import PoolBusyError
@@ -21,7 +21,8 @@ def error_response(exc: MirrorError, ctx: ServiceContext, status: int | None = N
     headers = {}
     if isinstance(exc, PoolBusyError):
         code, headers = 503, {"Retry-After": str(exc.retry_after)}
-    return Response(votable.error_document(message(exc, ctx)), status_code=code,
+    wire = [(k, scrub(v, ctx)) for k, v in to_wire(exc).items()]  # a reader re-raises the kind
+    return Response(votable.error_document(message(exc, ctx), wire), status_code=code,
                     media_type=VOTABLE, headers=headers)
 
 
@@ -32,9 +33,19 @@ def sync_endpoint(ctx: ServiceContext):  # noqa: ANN201 (a starlette endpoint)
         try:
             params = await read_params(request)
             tq = tap_query(params, ctx.runners.maxrec)
-            body, _ = await run_in_threadpool(run, ctx, tq)
+            body, _ = await run_in_threadpool(run, ctx, tq, timeout=duration(params, ctx))
         except MirrorError as exc:
             return error_response(exc, ctx)
         return Response(body, media_type=tq.format.mime)
 
     return sync
+
+
+def duration(params: dict[str, str], ctx: ServiceContext) -> float | None:
+    """EXECUTIONDURATION on /sync (a local reader's --timeout), never above the service's own
+    limit; absent or unreadable: the service's limit."""
+    try:
+        asked = float(params.get("executionduration", ""))
+    except ValueError:
+        return None
+    return min(asked, ctx.runners.timeout) if asked > 0 else None
