@@ -38,6 +38,7 @@ class Daemon:
         self.debug = debug
         self.state = DaemonState(str(mirror.config.file) if mirror.config.file else None)
         self.service: Any = None
+        self.context: Any = None
         self.watchers: Watchers | None = None
         self.worker: Worker | None = None
 
@@ -98,11 +99,13 @@ class Daemon:
                         "while the daemon runs", exc, extra={"event": "service.missing"})
             return
         cfg = self.mirror.config
-        ctx = ServiceContext(catalogue=self.mirror.catalogue(), config=cfg,
-                             token=cfg.serve.token(), status=self.state.status,
-                             state=self.state.state)
+        self.context = ctx = ServiceContext(
+            catalogue=self.mirror.catalogue(), config=cfg, token=cfg.serve.token(),
+            status=self.state.status, state=self.state.state)
         self.service = LocalService(ctx, host=cfg.serve.host, port=cfg.serve.port)
         url = self.service.start()
+        if self.worker is not None:  # a sync may add tables: readers reload their lists
+            self.worker.synced = ctx.runners.refresh
         self.state.set(endpoint=url)
         log.info("serving the catalogue at %s", url, extra={"event": "service.start",
                                                             "endpoint": url})
@@ -147,4 +150,6 @@ class Daemon:
                 self.service.stop()
             except Exception as exc:  # stopping must go on: the catalogue still needs closing
                 log.warning("stopping the service: %s", exc, extra={"event": "service.error"})
+        if self.context is not None:
+            self.context.close()
         log.info("daemon stopped", extra={"event": "daemon.stop"})

@@ -53,6 +53,7 @@ class Worker:
         self.reload_wanted = threading.Event()
         self.schedule = Schedule(timings(mirror.config), clock())
         self.ran: set[str] = set()
+        self.synced: Callable[[], None] = lambda: None  # e.g. the service forgets cached tables
 
     # -- requests from other threads ---------------------------------------------------------
 
@@ -120,6 +121,7 @@ class Worker:
             self.state.activity(f"syncing {name}")
             [sync] = self.mirror.sync(name, cancel=self.stop, policy=RetryPolicy(
                 attempts=src.retries, sleep=self._pause))
+            self.synced()
             if sync.status == "cancelled" or self.stop.is_set():
                 return Outcome(changed=False, failed=False)
             changed = bool(sync.new or sync.changed or sync.reappeared or sync.repaired
