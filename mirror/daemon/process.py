@@ -22,7 +22,7 @@ from mirror.daemon import logs
 from mirror.daemon.state import DaemonState
 from mirror.daemon.watch import StoreNotes, Watchers
 from mirror.daemon.worker import Worker
-from mirror.errors import CatalogueBusyError
+from mirror.errors import CatalogueBusyError, MirrorError
 
 log = logging.getLogger("mirror.daemon")
 
@@ -67,7 +67,8 @@ class Daemon:
             self._shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return 0
+        # 1 lets systemd's Restart=on-failure start it again
+        return 1 if self.worker and self.worker.crashed else 0
 
     def _wake(self) -> None:
         if self.worker is not None:
@@ -103,7 +104,17 @@ class Daemon:
             catalogue=self.mirror.catalogue(), config=cfg, token=cfg.serve.token(),
             status=self.state.status, state=self.state.state)
         self.service = LocalService(ctx, host=cfg.serve.host, port=cfg.serve.port)
-        url = self.service.start()
+        try:
+            url = self.service.start()
+        except MirrorError as exc:
+            if cfg.serve.port == 0:
+                raise
+            # the configured port is taken (another mirror serve?): readers find the daemon
+            # through the lock note, so any free port does
+            log.warning("%s; serving on a free port instead", exc.message,
+                        extra={"event": "service.port"})
+            self.service = LocalService(ctx, host=cfg.serve.host, port=0)
+            url = self.service.start()
         if self.worker is not None:  # a sync may add tables: readers reload their lists
             self.worker.synced = ctx.runners.refresh
         self.state.set(endpoint=url)

@@ -25,6 +25,7 @@ from mirror.retry import RetryPolicy
 from mirror.store.files import Store
 
 log = logging.getLogger("mirror.daemon")
+MAX_ERRORS = 5  # unexpected errors in a row (not source failures) before the daemon gives up
 SETTLE = 0.3  # seconds to let a burst of file events (an editor saving, rm -r) finish
 
 
@@ -53,6 +54,7 @@ class Worker:
         self.reload_wanted = threading.Event()
         self.schedule = Schedule(timings(mirror.config), clock())
         self.ran: set[str] = set()
+        self.crashed = False
         self.synced: Callable[[], None] = lambda: None  # e.g. the service forgets cached tables
 
     # -- requests from other threads ---------------------------------------------------------
@@ -68,22 +70,40 @@ class Worker:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """The thread's body: never raises; a failing source backs off instead."""
+        """The thread's body: a failing source backs off; anything else unexpected is logged
+        and retried a few times before the daemon gives up (and systemd restarts it)."""
+        errors = 0
         self._publish()
         while not self.stop.is_set():
-            if self.reload_wanted.is_set():
-                self._reload()
-            self._store_notes()
-            for name in self.schedule.due(self.clock()):
-                if self.stop.is_set():
+            try:
+                if self._turn():
                     break
-                self._run_source(name)
-            if self.once and self.ran >= set(self.schedule.clocks):
-                break
-            self._publish()
-            self.state.activity("idle")
-            self._sleep_until_due()
+                errors = 0
+            except Exception as exc:
+                errors += 1
+                log.exception("unexpected error (%d in a row): %s", errors, exc,
+                              extra={"event": "daemon.error"})
+                if errors >= MAX_ERRORS:
+                    self.crashed = True
+                    break
+                self.stop.wait(min(60.0, 2.0 ** errors))
         self.state.activity("stopping")
+
+    def _turn(self) -> bool:
+        """One turn of the loop; True when a `once` daemon is done."""
+        if self.reload_wanted.is_set():
+            self._reload()
+        self._store_notes()
+        for name in self.schedule.due(self.clock()):
+            if self.stop.is_set():
+                return False
+            self._run_source(name)
+        if self.once and self.ran >= set(self.schedule.clocks):
+            return True
+        self._publish()
+        self.state.activity("idle")
+        self._sleep_until_due()
+        return False
 
     def _sleep_until_due(self) -> None:
         due = self.schedule.next_due()
