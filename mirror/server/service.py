@@ -120,8 +120,11 @@ class LocalService:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (0: a free port chosen by the system)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without
+    # it a keep-alive client waits 40 ms (delayed ACK) for each response's second segment
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
         sock.listen(128)
