@@ -200,3 +200,32 @@ class _Zarr:
 
     def abort(self) -> None:
         _remove(self.tmp)
+
+
+class NpyWriter:
+    """One .npy array grown block by block along its first axis: rows go to a temp file and
+    the header (whose shape needs the final row count) is written when it closes."""
+
+    def __init__(self, target: Path, row_shape: tuple[int, ...], dtype: str) -> None:
+        self.target, self.row_shape, self.dtype = target, row_shape, np.dtype(dtype)
+        self.raw, self.rows = _partial(target.with_name(target.name + ".rows")), 0
+        self.file = open(self.raw, "wb")  # noqa: SIM115
+
+    def append(self, rows: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(rows, self.dtype).tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.file.close()
+        tmp = _partial(self.target)
+        with open(tmp, "wb") as out, open(self.raw, "rb") as src:
+            np.lib.format.write_array_header_1_0(
+                out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                      "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+            shutil.copyfileobj(src, out, 1 << 22)
+        _replace(tmp, self.target)
+        self.raw.unlink()
+
+    def abort(self) -> None:
+        self.file.close()
+        self.raw.unlink(missing_ok=True)
