@@ -157,3 +157,20 @@ def test_ml_selects_with_query_and_reads_the_store_never_harvests_or_fetches() -
                        "mirror.server", "mirror.daemon", "mirror.schema")) == []
     assert {"mirror.query", "mirror.store.files"} <= set().union(
         *(imps for mod, imps in GRAPH.items() if within(mod, ("mirror.ml",))))
+
+
+def test_the_server_reads_and_never_harvests_fetches_or_reaches_up() -> None:
+    """The service answers from the catalogue, the query layer and the store; it never drives
+    a harvest or a fetch, nor imports the API, the command line or the reader-side client."""
+    assert violations(GRAPH, ("mirror.server",),
+                      ("mirror.harvest", "mirror.fetch", "mirror.api", "mirror.cli",
+                       "mirror.daemon", "mirror.remote", "mirror.ml")) == []
+    assert "mirror.store.files" in GRAPH["mirror.server.products"]
+
+
+def test_the_remote_reader_talks_http_only() -> None:
+    """`mirror.remote` reaches another process's catalogue over HTTP: it imports no service
+    of its own (no server, harvest, fetch) and nothing above the API."""
+    assert violations(GRAPH, ("mirror.remote",),
+                      ("mirror.server", "mirror.harvest", "mirror.fetch", "mirror.api",
+                       "mirror.cli", "mirror.daemon")) == []
