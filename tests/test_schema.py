@@ -74,7 +74,7 @@ def test_own_tables_are_queryable_and_described_in_tap_schema(mirror: Mirror) ->
     for name in ("mirror.products", "mirror.runs", "mirror.column_profiles",
                  "mirror.table_profiles", "mirror.tap_columns", "mirror.tap_examples"):
         assert listed[name] == "mirror"
-        described = [r["column_name"] for r in mirror.query(
+        described = [r["column_name"].strip('"') for r in mirror.query(
             f"SELECT column_name FROM TAP_SCHEMA.columns WHERE table_name = '{name}' "
             "ORDER BY column_index").arrow.to_pylist()]
         assert mirror.query(f"SELECT * FROM {name}").arrow.column_names == described
@@ -111,6 +111,8 @@ def test_catalogue_lists_every_published_column_as_the_service_describes_it(
     assert catalogue.table("ivoa.obscore").column("mirror_source").standard == "mirror"
     assert catalogue.table("ivoa.obscore").column("em_min").sources == ["fake"]
     assert catalogue.table("mirror.runs").rows == 1
+    size = catalogue.table("mirror.products").column("size")  # listed delimited: "size"
+    assert size.local_type == "BIGINT" and size.unit == "byte"
 
 
 # -- profiles ---------------------------------------------------------------------------------
@@ -330,3 +332,38 @@ def test_cli_writes_markdown_and_html(synced: Path, tmp_path: Path,
     assert md.read_text().startswith("# Schema catalogue")
     assert (site / "index.html").exists() and len(result["html"]) > 10
     assert math.isfinite(result["seconds"])
+
+
+def test_checked_examples_accept_an_open_catalogue(mirror: Mirror) -> None:
+    """What a TAP service's /examples can call with the catalogue it serves."""
+    examples = checked_examples(mirror.catalogue(write=False))
+    assert [e.name for e in examples] == [e.name for e in checked_examples(mirror.query)]
+    assert all(e.id and " " not in e.id for e in examples)
+
+
+def test_schema_reads_through_the_service_of_the_process_holding_the_catalogue(
+        tmp_path: Path) -> None:
+    """While another process holds the catalogue (DuckDB locks it), `mirror schema` loads
+    everything through that process's TAP service, with the same answers."""
+    from test_remote import Held
+
+    with FakeTap(hard_limit=20) as tap:
+        tap.load_recorded()
+        held = Held(tmp_path, tap)
+        try:
+            local = load(held.mirror.query)
+            done = held.run("schema", "--json")
+            assert done.returncode == 0, done.stderr
+            remote = {t["name"]: t for t in json.loads(done.stdout)}
+            assert {t.name: t.rows for t in local.tables} == {
+                n: t["rows"] for n, t in remote.items()}
+            done = held.run("schema", "ivoa.obscore.em_min", "--json")
+            column = json.loads(done.stdout)
+            assert column["ucd_explained"] == "minimum wavelength"
+            assert column["profile"]["max"] == local.table("ivoa.obscore").column(
+                "em_min").profile.max
+            done = held.run("schema", "--search", "em.wl", "--json")
+            assert [h["column"] for h in json.loads(done.stdout)["hits"]] == [
+                h.column.qualified for h in search(local, "em.wl")]
+        finally:
+            held.close()

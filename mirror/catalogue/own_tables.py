@@ -191,7 +191,8 @@ _LOCAL_COLUMNS = f"""SELECT c.table_name, c.column_name, d.data_type AS local_ty
          ELSE 'source_obscore' END
    AND lower(d.table_name) = CASE WHEN lower(t.schema_name) IN ('ivoa', 'tap_schema', '{SCHEMA}')
          THEN lower(split_part(t.table_name, '.', 2)) ELSE lower(t.schema_name) END
-   AND lower(d.column_name) = lower(c.column_name)"""
+   AND lower(d.column_name) = lower(CASE WHEN c.column_name LIKE '"%"'
+         THEN replace(c.column_name[2:-2], '""', '"') ELSE c.column_name END)"""
 
 
 def table_rows(start: int = 200) -> list[tuple[object, ...]]:

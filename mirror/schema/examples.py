@@ -6,11 +6,14 @@ never hidden. `checked_examples` is what a TAP service's `/examples` endpoint ca
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mirror.catalogue.engine import Catalogue
 from mirror.errors import MirrorError
+from mirror.query import Runner
 from mirror.schema.load import QueryFn, rows
 
 CHECK_MAXREC = 1000
@@ -32,6 +35,11 @@ class Example:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def id(self) -> str:
+        """An identifier for the example (DALI examples name each one)."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-") or "example"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,8 +131,15 @@ def check(example: Example, query: QueryFn) -> Example:
     return example
 
 
-def checked_examples(query: QueryFn) -> list[Example]:
-    """Every example (the services' first), each run locally with its outcome."""
+def checked_examples(query: QueryFn | Catalogue) -> list[Example]:
+    """Every example (the services' first), each run locally with its outcome. `query` is
+    `Mirror.query` or a runner's; given an open catalogue, a runner of its own is used."""
+    if isinstance(query, Catalogue):
+        runner = Runner(query)
+        try:
+            return checked_examples(runner.query)
+        finally:
+            runner.close()
     candidates = service_examples(query)
     try:
         candidates += generated_examples(query)

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mirror.errors import MirrorError
-from mirror.schema.model import Catalogue, Column, ColumnProfile, Table, TableProfile
+from mirror.schema.model import (
+    Catalogue,
+    Column,
+    ColumnProfile,
+    Table,
+    TableProfile,
+    bare,
+)
 from mirror.schema.standards import defining_standard
 
 QueryFn = Callable[..., Any]   # (adql, *, maxrec=...) -> a result with `.arrow`
@@ -32,7 +39,8 @@ def load(query: QueryFn, *, counts: bool = True) -> Catalogue:
               for r in rows(query, "SELECT * FROM TAP_SCHEMA.tables")]
     by_name = {t.name.lower(): t for t in tables}
     types = _optional(query, "SELECT * FROM mirror.local_columns", notes)
-    local = {(r["table_name"].lower(), r["column_name"].lower()): r["local_type"] for r in types}
+    local = {(r["table_name"].lower(), bare(r["column_name"]).lower()): r["local_type"]
+             for r in types}
     for r in rows(query, "SELECT * FROM TAP_SCHEMA.columns"):
         table = by_name.get(r["table_name"].lower())
         if table is not None:
@@ -48,7 +56,7 @@ def load(query: QueryFn, *, counts: bool = True) -> Catalogue:
 
 
 def _column(r: dict[str, Any], table: Table, local: dict[tuple[str, str], str]) -> Column:
-    name = r["column_name"]
+    name = bare(r["column_name"])  # the name; ADQL delimits it where it is a reserved word
     return Column(
         table.name, name, r["datatype"], r["arraysize"] or None, r["xtype"] or None,
         local.get((table.name.lower(), name.lower())), r["unit"] or None, r["ucd"] or None,

@@ -9,6 +9,13 @@ from typing import Any
 from mirror.schema.explain import explain_ucd, explain_unit
 
 
+def bare(name: str) -> str:
+    """A column name as TAP_SCHEMA may list it, delimited (`"size"`), without the quotes."""
+    if len(name) > 1 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"')
+    return name
+
+
 @dataclass
 class ColumnProfile:
     """Measured from the local rows (mirror.column_profiles)."""

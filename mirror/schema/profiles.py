@@ -28,6 +28,7 @@ from mirror.catalogue.engine import Catalogue, utcnow
 from mirror.catalogue.models import column_profiles, table_profiles
 from mirror.catalogue.obscore import HPX_COLUMN, HPX_DEPTH, q
 from mirror.query.tables import local_name
+from mirror.schema.model import bare
 
 log = logging.getLogger("mirror")
 SAMPLE_ROWS = 5_000       # rows sampled for example values
@@ -77,7 +78,7 @@ def profile_table(conn: sa.Connection, table: str) -> ProfileReport:
     started = time.perf_counter()
     local = local_name(table)
     present = _column_types(conn, local)
-    listed = [r[0] for r in conn.exec_driver_sql(
+    listed = [bare(r[0]) for r in conn.exec_driver_sql(
         'SELECT column_name FROM "TAP_SCHEMA".columns WHERE table_name = ? '
         "ORDER BY column_index", (table,))]
     by_lower = {n.lower(): n for n in present}
