@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import mimetypes
 import stat
@@ -100,7 +101,8 @@ def lookups(ctx: ServiceContext) -> Lookups:
         found = _LOOKUPS.get(id(ctx))
         if found is None:
             found = _LOOKUPS[id(ctx)] = Lookups(ctx)
-            weakref.finalize(ctx, _drop, id(ctx))
+            ctx.closers.append(functools.partial(_drop, id(ctx)))
+            weakref.finalize(ctx, _drop, id(ctx))  # a context dropped without close()
         return found
 
 
