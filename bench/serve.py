@@ -1,0 +1,181 @@
+"""Benchmark: small cone searches through the local TAP service against the ADQL layer itself.
+
+A temporary catalogue of synthetic ObsCore rows (bench/cone.py's layout: `_hpx`, clustered) is
+served by `LocalService` (uvicorn on a thread of this process, as `mirror serve` runs it). In
+the same run, for the same random centres, it times:
+
+* direct: `Runner.query(ADQL)` in this process (translation, prefilter, exact test, Arrow);
+* service, 1 client: `GET /sync` (VOTable BINARY2) on one keep-alive connection, from a client
+  process; the per-query overhead of the service is its median minus direct's median;
+* service, 8 clients: 8 client processes at once, each on its own keep-alive connection;
+
+checks that the service answers the same number of rows as the direct call for every centre,
+and prints queries per second with the ratios against the targets (overhead < 2 ms per query;
+8 clients >= 1.5x one client). The exit code is 0 either way.
+
+    python bench/serve.py                   # 1,000,000 rows, 0.1-degree cones
+    python bench/serve.py --rows 200000 --queries 100   # a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import multiprocessing as mp
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io.votable import parse_single_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cone import build, sky  # noqa: E402
+
+from mirror.catalogue import engine  # noqa: E402
+from mirror.catalogue.engine import Catalogue  # noqa: E402
+from mirror.config import Config, QueryConfig, ServeConfig  # noqa: E402
+
+RADIUS = 0.1
+TARGETS = {"overhead_ms": 2.0, "scaling": 1.5}
+QUERY = ("SELECT obs_publisher_did, s_ra, s_dec, t_min, em_min FROM ivoa.obscore "
+         "WHERE 1 = CONTAINS(POINT('ICRS', s_ra, s_dec), CIRCLE('ICRS', {ra}, {dec}, {r}))")
+
+
+def cones(n: int, seed: int) -> list[str]:
+    ra, dec = sky(np.random.default_rng(seed), n)
+    return [QUERY.format(ra=f"{a:.6f}", dec=f"{d:.6f}", r=RADIUS) for a, d in zip(ra, dec,
+                                                                                    strict=True)]
+
+
+def client(args: tuple[str, int, list[str], float]) -> tuple[list[float], list[bytes], float]:
+    """One client process: the queries in order on one keep-alive connection, started at
+    `start` (so that every client begins together); latencies (ms), bodies (read by the
+    parent afterwards: parsing here would compete with the measurement), end time."""
+    host, port, queries, start = args
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.connect()
+    while time.time() < start:
+        time.sleep(0.001)
+    times, bodies = [], []
+    for q in queries:
+        path = "/sync?" + urllib.parse.urlencode({"REQUEST": "doQuery", "LANG": "ADQL",
+                                                   "QUERY": q})
+        t0 = time.perf_counter()
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        times.append((time.perf_counter() - t0) * 1000)
+        assert response.status == 200, body[:300]
+        bodies.append(body)
+    end = time.time()
+    conn.close()
+    return times, bodies, end
+
+
+def rows_in(body: bytes) -> int:
+    return len(parse_single_table(io.BytesIO(body)).array)
+
+
+def run_clients(pool: Any, host: str, port: int, batches: list[list[str]]
+                ) -> tuple[float, list[list[float]], list[list[int]]]:
+    start = time.time() + 0.3
+    results = pool.map(client, [(host, port, b, start) for b in batches], chunksize=1)
+    elapsed = max(end for _, _, end in results) - start
+    return elapsed, [t for t, _, _ in results], [[rows_in(b) for b in c] for _, c, _ in results]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=400, help="queries per measurement")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+    engine.DUCKDB_CONFIG["threads"] = 2
+    folder = Path(tempfile.mkdtemp(prefix="mirror-serve-"))
+    try:
+        measure(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, folder: Path) -> None:
+    from mirror.query import Runner
+    from mirror.server.context import ServiceContext
+    from mirror.server.service import LocalService
+
+    path = folder / "serve.duckdb"
+    cat = Catalogue.open(path)
+    t0 = time.perf_counter()
+    build(cat, args.rows, args.seed)
+    print(f"built {args.rows:,} rows in {time.perf_counter() - t0:.1f} s")
+    config = Config(catalogue_path=path, store_root=folder / "store",
+                    query=QueryConfig(timeout=60, maxrec=100_000),
+                    serve=ServeConfig(max_queries=args.clients, queue_seconds=30))
+    queries = cones(args.queries, args.seed + 1)
+
+    runner = Runner(cat, timeout=60, maxrec=100_000)
+    for q in queries[:20]:  # warm the catalogue's pages and the runner's table list
+        runner.query(q)
+    ctx = ServiceContext(cat, config)
+    service = LocalService(ctx, "127.0.0.1", 0)
+    url = urllib.parse.urlsplit(service.start())
+    host, port = url.hostname or "127.0.0.1", url.port or 0
+    pool = mp.get_context("spawn").Pool(args.clients)
+    direct: list[float] = []
+    one_times: list[float] = []
+    one_s = many_s = 0.0
+    expected: list[int] = []
+    try:
+        run_clients(pool, host, port, [queries[:20]] * args.clients)  # warm every runner
+        # rounds interleave the three measurements: a shared machine's load drifts alike
+        for part in (queries[i::args.rounds] for i in range(args.rounds)):
+            counts = []
+            for q in part:
+                t0 = time.perf_counter()
+                counts.append(len(runner.query(q)))
+                direct.append((time.perf_counter() - t0) * 1000)
+            expected += counts
+            seconds, [times], [got] = run_clients(pool, host, port, [part])
+            assert got == counts, "the service answered other rows than the ADQL layer"
+            one_s, one_times = one_s + seconds, one_times + times
+            per = [part[i::args.clients] for i in range(args.clients)]
+            seconds, _, many = run_clients(pool, host, port, per)
+            for i, got in enumerate(many):
+                assert got == counts[i::args.clients], "a concurrent client got other rows"
+            many_s += seconds
+    finally:
+        pool.close()
+        service.stop()
+        ctx.close()
+        runner.close()
+        cat.close()
+
+    direct_ms, one_ms = statistics.median(direct), statistics.median(one_times)
+    overhead = one_ms - direct_ms
+    qps_direct = len(queries) / (sum(direct) / 1000)
+    qps_one, qps_many = len(queries) / one_s, len(queries) / many_s
+    scaling = qps_many / qps_one
+    print(f"{len(queries)} cones of {RADIUS} deg, median {statistics.median(expected):.0f} rows "
+          f"(max {max(expected)}), {args.clients} runners, DuckDB threads 2")
+    print(f"direct Runner.query     median {direct_ms:7.2f} ms   {qps_direct:7.0f} q/s")
+    print(f"service, 1 client       median {one_ms:7.2f} ms   {qps_one:7.0f} q/s")
+    print(f"service, {args.clients} clients                         {qps_many:7.0f} q/s")
+    print(f"overhead per query  {overhead:5.2f} ms  (target < {TARGETS['overhead_ms']} ms: "
+          f"{'met' if overhead < TARGETS['overhead_ms'] else 'MISSED'})")
+    print(f"{args.clients} clients / 1 client  {scaling:5.2f}x  (target >= {TARGETS['scaling']}x: "
+          f"{'met' if scaling >= TARGETS['scaling'] else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
