@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import logging
 import mimetypes
@@ -21,6 +22,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +31,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mirror.errors import MirrorError, StoreError
-from mirror.query import Runner
+from mirror.query.runner import duckdb_errors
 from mirror.store.files import Store
 
 if TYPE_CHECKING:
@@ -65,12 +67,19 @@ class Lookups:
     own (so they never wait for a slot of the query pool, nor touch the writer's)."""
 
     def __init__(self, ctx: ServiceContext) -> None:
-        self.runner = Runner(ctx.catalogue, timeout=max(ctx.config.query.timeout, 10.0))
+        self.catalogue = ctx.catalogue
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()  # one statement at a time on the connection
         self.store = Store(ctx.config.store_root)
         self.store_lock = threading.Lock()  # Store caches resolved paths in plain dicts
 
     def rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-        return self.runner.run_sql(sql, params=params).to_pylist()  # type: ignore[no-any-return]
+        """Our own fixed SELECTs (never user SQL: no translator, no READ ONLY transaction
+        needed), a few milliseconds at most, so no watchdog either."""
+        with self._lock, duckdb_errors(60.0):
+            cur = self._cursor().execute(sql, params)
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def stored(self, source: str, product_id: str, role: str) -> dict[str, Any] | None:
         """The catalogue row of a product stored and verified (state done), if any."""
@@ -80,15 +89,33 @@ class Lookups:
             "AND path IS NOT NULL AND sha256 IS NOT NULL", [source, product_id, role])
         return found[0] if found else None
 
-    def by_access_url(self, urls: list[str]) -> list[dict[str, Any]]:
-        """Stored main products whose upstream access_url is one of `urls` (one query)."""
-        return self.rows(
-            "SELECT access_url, source, product_id, access_format FROM products "
-            "WHERE role = 'this' AND state = 'done' AND sha256 IS NOT NULL "
-            "AND access_url IN (SELECT unnest(?::VARCHAR[]))", [urls])
+    def by_access_url(self, urls: pa.Array) -> list[dict[str, Any]]:
+        """Stored main products whose upstream access_url is one of `urls` (one query; the
+        URLs go in as Arrow, not as a bound list: 100,000 of them cost ~10x less)."""
+        with self._lock, duckdb_errors(60.0):
+            con = self._cursor()
+            con.register("_result_urls", pa.table({"u": urls}))
+            try:
+                cur = con.execute(
+                    "SELECT p.access_url, p.source, p.product_id, p.access_format "
+                    "FROM products p JOIN _result_urls r ON p.access_url = r.u "
+                    "WHERE p.role = 'this' AND p.state = 'done' AND p.sha256 IS NOT NULL")
+                names = [d[0] for d in cur.description or ()]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            finally:
+                con.unregister("_result_urls")
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = self.catalogue.cursor()
+        return self._con
 
     def close(self) -> None:
-        self.runner.close()
+        with self._lock:
+            if self._con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    self._con.close()
+                self._con = None
 
 
 _LOOKUPS: dict[int, Lookups] = {}
@@ -209,8 +236,8 @@ def localise(table: pa.Table, ctx: ServiceContext) -> pa.Table:
     urls = table.column(col)
     if not (pa.types.is_string(urls.type) or pa.types.is_large_string(urls.type)):
         return table
-    distinct = [u for u in pc.unique(urls.drop_null()).to_pylist() if u]
-    if not distinct:
+    distinct = pc.unique(urls.drop_null())
+    if len(distinct) == 0:
         return table
     hits = lookups(ctx).by_access_url(distinct)
     if not hits:
