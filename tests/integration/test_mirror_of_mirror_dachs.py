@@ -164,6 +164,18 @@ def test_a_mirror_of_the_mirror_equals_it_and_fetches_through_it(a: Served,
         assert b.status()[0].watermark_column == "last_modified"
         [again] = b.sync()  # incremental, from the watermark: nothing new
         assert again.kind == "incremental" and again.new == again.changed == 0, again.errors
+        gone = [r["obs_publisher_did"] for r in mine.arrow.slice(100, 3).to_pylist()]
+        withdraw_in_a(a, gone, True)  # A's ivoa.obscore no longer lists them
+        try:
+            [after] = b.sync()
+            assert after.withdrawn == 3 and after.status == "ok", after.errors
+            left = b.query("SELECT obs_publisher_did FROM ivoa.obscore_withdrawn")
+            assert sorted(left.arrow.column(0).to_pylist()) == sorted(gone)
+        finally:
+            withdraw_in_a(a, gone, False)
+        [back] = b.sync()
+        assert back.status == "ok" and back.reappeared + back.repaired >= 3, back
+        assert len(b.query("SELECT obs_publisher_did FROM ivoa.obscore_withdrawn")) == 0
     total = int(psql("SELECT count(*) FROM ivoa.obscore")[0])
     assert report.upstream_count == report.local_count == len(served) == len(mine)
     assert abs(len(mine) - total) <= 50  # the upstream may evolve meanwhile (other tests)
@@ -177,6 +189,15 @@ def test_a_mirror_of_the_mirror_equals_it_and_fetches_through_it(a: Served,
         assert row["url"].startswith(a.url + "/products/"), row["url"]
         assert row["sha256"] == rows_a[pid]["sha256"]
         assert (tmp_path / "b/data/store" / row["path"]).read_bytes() == a.file(pid, rows_a)
+
+
+def withdraw_in_a(a: Served, ids: list[str], gone: bool) -> None:
+    """What A's own sync does when records vanish upstream (and come back)."""
+    with a.mirror.catalogue().begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE obscore_dachs SET _withdrawn_at = "
+            + ("now()" if gone else "NULL") + " WHERE obs_publisher_did IN ("
+            + ", ".join("?" for _ in ids) + ")", tuple(ids))
 
 
 def test_eight_clients_get_complete_answers_while_the_mirror_writes(a: Served) -> None:
