@@ -205,6 +205,9 @@ def test_each_ucd_word_keeps_its_official_description() -> None:
 def test_search_ranks_name_then_ucd_then_description(mirror: Mirror) -> None:
     catalogue = load(mirror.query)
     assert search(catalogue, "snr")[0].column.qualified == "ivoa.obscore.snr"
+    # one hit for the column ivoa.obscore and the source's table describe alike
+    assert search(catalogue, "snr")[0].also == ["ivoa.obscore_withdrawn", "fake.obscore"]
+    assert len(search(catalogue, "snr", group=False)) == 3 == len(search(catalogue, "snr")) + 2
     top = [h.column.name for h in search(catalogue, "em.wl")[:2]]
     assert sorted(top) == ["em_max", "em_min"]
     by_ucd = search(catalogue, "em.wl")

@@ -217,7 +217,10 @@ def _search(catalogue: Catalogue, args: argparse.Namespace) -> int:
         grid.add_column(head)
     for h in hits:
         c = h.column
-        grid.add_row(_marked(c.qualified, words), _marked_pair(c.unit, c.unit_words, words),
+        name = _marked(c.qualified, words)
+        if h.also:
+            name.append(f"\nalso {', '.join(h.also)}", style="dim")
+        grid.add_row(name, _marked_pair(c.unit, c.unit_words, words),
                      _marked_pair(c.ucd, c.ucd_words, words), _marked(c.description or "", words))
     out.print(grid)
     return 0

@@ -30,7 +30,7 @@ class _Examples(HTMLParser):
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.found: list[dict[str, str]] = []
+        self.found: list[dict[str, str | None]] = []
         self._depth = 0            # element depth
         self._example: int | None = None   # depth of the open example element
         self._prop: tuple[str, int] | None = None  # open property element and its depth

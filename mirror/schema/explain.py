@@ -96,7 +96,8 @@ def _unit_words(unit: u.UnitBase) -> str:
         return scale + _name(unit)
     if len(unit.bases) == 1 and unit.powers[0] == 1:
         return scale + _name(unit.bases[0])
-    up, down = [], []
+    up: list[str] = []
+    down: list[str] = []
     for base, power in zip(unit.bases, unit.powers, strict=True):
         text = _POWERS.get(abs(int(power)), "") + _name(base) if power == int(power) else (
             f"{_name(base)}^{abs(power)}")

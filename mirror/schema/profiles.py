@@ -157,7 +157,7 @@ def _examples(conn: sa.Connection, local: str, types: dict[str, str]) -> dict[st
     row = conn.exec_driver_sql(
         f"SELECT {', '.join(parts)} FROM (SELECT * FROM {local} "
         f"USING SAMPLE {SAMPLE_ROWS} ROWS (reservoir, 42))").one()
-    return {n: [_cut(v) for v in (vals or []) if v is not None]
+    return {n: [str(_cut(v)) for v in (vals or []) if v is not None]
             for n, vals in zip(names, row, strict=True)}
 
 

@@ -32,11 +32,12 @@ class Hit:
     column: Column
     score: float
     fields: dict[str, list[str]] = field(default_factory=dict)  # field -> query words matched
+    also: list[str] = field(default_factory=list)  # other tables with the same column
 
     def as_dict(self) -> dict[str, object]:
         return {"column": self.column.qualified, "score": self.score, "matched": self.fields,
                 "unit": self.column.unit, "ucd": self.column.ucd,
-                "description": self.column.description}
+                "description": self.column.description, "also": self.also}
 
 
 def terms(text: str) -> list[str]:
@@ -66,21 +67,23 @@ def _score(term: str, name: str, text: str, exact: int, partial: int) -> float:
         return partial if term in atoms or any(w.startswith(term) for w in words) else 0
     if name == "unit":
         return exact if low == term else 0
-    words = set(terms(low))
-    if term in words:
+    if term in set(terms(low)):
         return exact
     return partial if len(term) >= 3 and term in low else 0
 
 
-def search(catalogue: Catalogue, text: str, limit: int | None = 50) -> list[Hit]:
-    """Columns matching every word of `text`, best first."""
+def search(catalogue: Catalogue, text: str, limit: int | None = 50, *,
+           group: bool = True) -> list[Hit]:
+    """Columns matching every word of `text`, best first; with `group`, a column described
+    alike in several tables (ivoa.obscore and each source's) is one hit naming the others."""
     words = terms(text)
     if not words:
         return []
     hits = []
     for column in catalogue.columns():
         texts = _fields(column)
-        total, matched = 0.0, {}
+        total = 0.0
+        matched: dict[str, list[str]] = {}
         for term in words:
             best = 0.0
             for name, exact, partial in _WEIGHTS:
@@ -96,7 +99,23 @@ def search(catalogue: Catalogue, text: str, limit: int | None = 50) -> list[Hit]
             hits.append(Hit(column, total + bonus, matched))
     order = {t.name: i for i, t in enumerate(catalogue.tables)}
     hits.sort(key=lambda h: (-h.score, order.get(h.column.table, 0), h.column.index))
+    if group:
+        hits = _grouped(hits)
     return hits[:limit] if limit else hits
+
+
+def _grouped(hits: list[Hit]) -> list[Hit]:
+    first: dict[tuple[str | None, ...], Hit] = {}
+    out = []
+    for h in hits:
+        c = h.column
+        key = (c.name.lower(), c.description, c.unit, c.ucd, c.datatype)
+        if key in first:
+            first[key].also.append(c.table)
+        else:
+            first[key] = h
+            out.append(h)
+    return out
 
 
 def suggestions(catalogue: Catalogue, text: str, n: int = 5) -> list[str]:
