@@ -149,7 +149,7 @@ def datalink_url(ctx: ServiceContext, product_id: str) -> str:
 
 
 def is_datalink(access_format: str | None) -> bool:
-    return bool(access_format) and "content=datalink" in access_format.replace(" ", "").lower()
+    return "content=datalink" in (access_format or "").replace(" ", "").lower()
 
 
 # -- /products/{key} ------------------------------------------------------------------------------
