@@ -27,6 +27,7 @@ from mirror.api import Mirror
 from mirror.cli import main
 from mirror.config import ServeConfig
 from mirror.errors import ConfigError
+from mirror.server import examples as dali_examples
 from mirror.server.app import build_app, jobs_folder
 from mirror.server.context import ServiceContext
 from mirror.server.formats import FORMATS
@@ -419,17 +420,33 @@ def test_tables_lists_every_tap_schema_column(client: TestClient, ctx: ServiceCo
         assert (el.findtext("ucd") or "") == (c["ucd"] or "")
 
 
-def test_examples_are_dali_and_each_runs(client: TestClient) -> None:
+def test_examples_are_dali_and_each_runs(client: TestClient, ctx: ServiceContext) -> None:
     r = client.get("/examples")
     assert r.status_code == 200
     root = ET.fromstring(r.content)
+    examples = [e for e in root.iter() if e.get("typeof") == "example"]
+    ids = [e.get("id") for e in examples]
+    assert len(ids) == len(set(ids)) >= 2
     queries = [e.text for e in root.iter() if e.get("property") == "query"]
-    assert len(queries) >= 2
+    assert len(queries) == len(examples)
     assert any("CONTAINS" in q for q in queries) and any("TAP_SCHEMA" in q for q in queries)
+    nonempty = 0
     for q in queries:
         vot = votable(client.get("/sync", params={"LANG": "ADQL", "QUERY": q}).content)
         assert status_of(vot)[0] == "OK"
-        assert len(vot.get_first_table().array) > 0, q
+        assert len(vot.get_first_table().array) == len(direct(ctx, q)), q
+        nonempty += len(vot.get_first_table().array) > 0
+    assert nonempty >= 2
+
+
+def test_builtin_examples_run_when_the_schema_catalogue_has_none(
+        ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dali_examples, "_from_schema", lambda ctx: [])
+    monkeypatch.setattr(dali_examples, "_CACHE", {})
+    found = dali_examples.examples(ctx)
+    assert [e.id for e in found] == ["cone", "collections", "columns"]
+    for e in found:
+        assert direct(ctx, e.query), e.query
 
 
 def test_availability_and_mirror_status(client: TestClient, mirror: Mirror) -> None:

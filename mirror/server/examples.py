@@ -8,8 +8,9 @@ query. Every example is run once (TOP 1) before it is listed: a broken one is le
 from __future__ import annotations
 
 import importlib
+import re
+import time
 from dataclasses import dataclass
-from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from mirror.errors import MirrorError
@@ -26,32 +27,43 @@ class Example:
     query: str
 
 
+_CACHE: dict[int, tuple[float, list[Example]]] = {}
+CACHE_SECONDS = 60.0  # checking runs every example: not on each request
+
+
 def examples(ctx: ServiceContext) -> list[Example]:
-    """The examples that run on this catalogue now."""
-    found = _from_schema(ctx) or _builtin(ctx)
-    return [e for e in found if _runs(ctx, e.query)]
+    """The examples that run on this catalogue now (checked at most once a minute)."""
+    now = time.monotonic()
+    cached = _CACHE.get(id(ctx))
+    if cached is not None and now - cached[0] < CACHE_SECONDS:
+        return cached[1]
+    found = _from_schema(ctx) or [e for e in _builtin(ctx) if _runs(ctx, e.query)]
+    _CACHE[id(ctx)] = (now, found)
+    return found
 
 
 def _from_schema(ctx: ServiceContext) -> list[Example]:
+    """The schema catalogue's examples (the services' own, then generated), those that ran."""
     try:
         module = importlib.import_module("mirror.schema.examples")
     except ImportError:
         return []
-    checked = getattr(module, "checked_examples", None)
-    if checked is None:
-        return []
     try:
-        items = checked(ctx.catalogue)
-    except (MirrorError, TypeError):
+        with ctx.runners.runner() as runner:
+            items = module.checked_examples(runner.query)
+    except (MirrorError, AttributeError, TypeError):
         return []
-    return [_example(item, i) for i, item in enumerate(items)]
-
-
-def _example(item: Any, index: int) -> Example:
-    get = item.get if isinstance(item, dict) else lambda k, d=None: getattr(item, k, d)
-    name = str(get("name") or get("title") or f"Example {index + 1}")
-    ident = str(get("id") or get("key") or f"example-{index + 1}")
-    return Example(ident, name, str(get("description") or ""), str(get("query") or get("adql")))
+    out: list[Example] = []
+    seen: set[str] = set()
+    for item in items:
+        if getattr(item, "error", None) or not getattr(item, "adql", None):
+            continue
+        ident = re.sub(r"[^a-z0-9]+", "-", item.name.lower()).strip("-") or "example"
+        while ident in seen:
+            ident += "-2"
+        seen.add(ident)
+        out.append(Example(ident, item.name, item.description or "", item.adql))
+    return out
 
 
 def _builtin(ctx: ServiceContext) -> list[Example]:
