@@ -94,7 +94,7 @@ class Mirror:
                            .run(dry_run=dry_run, full=full))
         self._close_runner()  # tables and columns may have changed
         if not dry_run and any(r.run_id is not None for r in reports):
-            refresh_after_sync(cat)  # the schema catalogue's data profiles follow the rows
+            refresh_after_sync(cat, reports)  # the data profiles follow the rows
         return reports
 
     def fetch(self, source: str | None = None, *, retry_failed: bool = False,

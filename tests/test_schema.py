@@ -159,8 +159,12 @@ def test_profiles_are_recomputed_after_a_sync(tmp_path: Path) -> None:
         h.sync(full=True)
         second = h.sql("SELECT row_count, computed_at FROM table_profiles "
                        "WHERE table_name = 'fake.obscore'")[0]
+        h.sync()
+        third = h.sql("SELECT row_count, computed_at FROM table_profiles "
+                      "WHERE table_name = 'fake.obscore'")[0]
         h.close()
     assert first[0] == 50 and second[0] == 47 and second[1] > first[1]
+    assert third == second  # a sync that changed nothing leaves the profiles as they were
 
 
 def test_profiles_on_demand_replace_and_cover_every_mirrored_table(mirror: Mirror) -> None:

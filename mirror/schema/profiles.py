@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,9 +224,20 @@ def _cut(value: Any) -> str | None:
     return text if len(text) <= TEXT_MAX else text[:TEXT_MAX - 1] + "…"
 
 
-def refresh_after_sync(cat: Catalogue) -> list[ProfileReport]:
-    """`refresh_profiles` for the end of a sync: a failure costs the profiles, never the sync."""
+_WRITES = ("new", "changed", "reappeared", "repaired", "withdrawn")
+
+
+def refresh_after_sync(cat: Catalogue, reports: Sequence[object] = ()) -> list[ProfileReport]:
+    """`refresh_profiles` for the end of a sync, unless the sync wrote no row and every table
+    has its profile (a daemon's idle syncs cost nothing); a failure costs the profiles, never
+    the sync."""
     try:
+        wrote = any(getattr(r, k, 0) for r in reports for k in _WRITES)
+        if reports and not wrote:
+            with cat.begin() as conn:
+                have = {r[0] for r in conn.execute(sa.select(table_profiles.c.table_name))}
+                if set(profiled_tables(conn)) <= have:
+                    return []
         return refresh_profiles(cat)
     except (sa.exc.DBAPIError, ValueError) as exc:
         log.warning("data profiles not refreshed (%s); `mirror schema --profile` retries",
