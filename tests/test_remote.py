@@ -229,3 +229,40 @@ def test_votable_results_keep_types_of_arrays_and_nulls() -> None:
     result = to_result(document(ODD, {}, overflow=False))
     assert result.arrow.schema.types == ODD.schema.types
     assert result.arrow.to_pylist() == ODD.to_pylist()
+
+
+def test_a_cli_sync_serves_readers_while_it_holds_the_catalogue(tmp_path: Path) -> None:
+    """`mirror sync` in one process, stalled by the service on its first page; `mirror query`
+    in another answers through the sync's own service meanwhile."""
+    from fakes import Fault
+
+    with FakeTap(hard_limit=20) as tap:
+        tap.load_recorded()
+        cfg = write_config(tmp_path, {"name": "fake", "url": tap.url})
+        with Mirror.open(cfg) as m:
+            [first] = m.sync(policy=RetryPolicy(attempts=2, sleep=FakeSleep()))
+            assert first.status == "ok", first.errors
+            path = m.config.catalogue_path
+        tap.inject(Fault(action="stall", delay=20.0, match="ORDER BY", times=1))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        waiter = ("import sys, time\nfrom pathlib import Path\n"
+                  "from mirror.catalogue.engine import holder\nfrom mirror.cli import main\n"
+                  "deadline = time.time() + 60\nwhile time.time() < deadline and not "
+                  "(holder(Path(sys.argv[1])) or {}).get('endpoint'):\n    time.sleep(0.02)\n"
+                  "sys.exit(main(sys.argv[2:]))\n")
+        query = subprocess.Popen(
+            [sys.executable, "-c", waiter, str(path), "--config", str(cfg), "query",
+             "SELECT COUNT(*) AS n FROM ivoa.obscore", "--format", "csv"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        sync = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--config", str(cfg),
+                                 "sync"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+        try:
+            out, err = query.communicate(timeout=120)
+            assert sync.poll() is None, "the sync must still hold the catalogue"
+            assert query.returncode == 0, err
+            assert out.strip().splitlines() == ['"n"', "50"]
+        finally:
+            sync.communicate(timeout=120)
+        assert sync.returncode == 0
+        assert holder(path) is None
