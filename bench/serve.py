@@ -23,6 +23,7 @@ import argparse
 import http.client
 import io
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import sys
@@ -100,8 +101,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="DuckDB threads (as bench/cone.py; 1 shows scaling without "
+                             "DuckDB's own parallelism)")
     args = parser.parse_args()
-    engine.DUCKDB_CONFIG["threads"] = 2
+    engine.DUCKDB_CONFIG["threads"] = args.threads
     folder = Path(tempfile.mkdtemp(prefix="mirror-serve-"))
     try:
         measure(args, folder)
@@ -167,7 +171,8 @@ def measure(args: argparse.Namespace, folder: Path) -> None:
     qps_one, qps_many = len(queries) / one_s, len(queries) / many_s
     scaling = qps_many / qps_one
     print(f"{len(queries)} cones of {RADIUS} deg, median {statistics.median(expected):.0f} rows "
-          f"(max {max(expected)}), {args.clients} runners, DuckDB threads 2")
+          f"(max {max(expected)}), {args.clients} runners, DuckDB threads {args.threads}, "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     print(f"direct Runner.query     median {direct_ms:7.2f} ms   {qps_direct:7.0f} q/s")
     print(f"service, 1 client       median {one_ms:7.2f} ms   {qps_one:7.0f} q/s")
     print(f"service, {args.clients} clients                         {qps_many:7.0f} q/s")
