@@ -266,3 +266,25 @@ def test_a_cli_sync_serves_readers_while_it_holds_the_catalogue(tmp_path: Path) 
             sync.communicate(timeout=120)
         assert sync.returncode == 0
         assert holder(path) is None
+
+
+def test_the_service_sees_a_source_that_a_sync_of_its_process_adds(tmp_path: Path) -> None:
+    """The service's runners keep table lists; a sync that adds a source (a new TAP_SCHEMA)
+    makes them reload on their next query."""
+    with FakeTap(hard_limit=20) as one, FakeTap(hard_limit=20) as two:
+        one.load_recorded()
+        two.load_recorded()
+        cfg = write_config(tmp_path, {"name": "one", "url": one.url},
+                           {"name": "two", "url": two.url})
+        with Mirror.open(cfg) as m:
+            policy = RetryPolicy(attempts=2, sleep=FakeSleep())
+            assert m.sync("one", policy=policy)[0].status == "ok"
+            ctx = ServiceContext(m.catalogue(), m.config)
+            with LocalService(ctx) as service:
+                remote = RemoteCatalogue(Endpoint(service.url))
+                assert len(remote.query("SELECT obs_id FROM one.obscore")) == 50
+                with pytest.raises(UnknownTableError):
+                    remote.query("SELECT obs_id FROM two.obscore")
+                assert m.sync("two", policy=policy)[0].status == "ok"
+                assert len(remote.query("SELECT obs_id FROM two.obscore")) == 50
+            ctx.close()

@@ -36,6 +36,9 @@ DUCKDB_CONFIG: dict[str, Any] = {"enable_external_access": False,
                                  "checkpoint_threshold": "256MB", "lock_configuration": True}
 
 
+SCHEMA_CHANGED = "mirror.schema_changed"  # set in a connection's info by who rebuilt TAP_SCHEMA
+
+
 class DuckDBImpl(DefaultImpl):
     """Alembic ships no DuckDB implementation; DuckDB speaks close enough to PostgreSQL."""
 
@@ -57,6 +60,9 @@ class Catalogue:
         self.read_only = read_only
         self._duck = duck
         self._reader: sa.Engine | None = None
+        # bumped when a committed transaction rebuilt the local TAP_SCHEMA: readers of this
+        # process (the service's query runners) then reload their table lists
+        self.generation = 0
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False, migrate: bool = True) -> Catalogue:
@@ -104,7 +110,11 @@ class Catalogue:
     def begin(self) -> Iterator[sa.Connection]:
         """One transaction: everything in it is committed together or not at all."""
         with self.engine.begin() as conn:
+            info = conn.info
+            info.pop(SCHEMA_CHANGED, None)  # a rolled-back rebuild changed nothing
             yield conn
+        if info.pop(SCHEMA_CHANGED, False):  # committed: now other cursors see it
+            self.generation += 1
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection of its own on this database, for a reader in another thread.

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from mirror.adql.checks import RESERVED
 from mirror.catalogue import own_tables
+from mirror.catalogue.engine import SCHEMA_CHANGED
 
 SCHEMA = "TAP_SCHEMA"
 # names that a source may not take as its ADQL schema: the standard ones win
@@ -238,3 +239,4 @@ def refresh(conn: sa.Connection) -> None:
     for name, sql in views.items():
         conn.exec_driver_sql(f'CREATE OR REPLACE VIEW "{SCHEMA}".{name} AS {sql}')
     own_tables.create_views(conn)
+    conn.info[SCHEMA_CHANGED] = True  # Catalogue.begin tells this process's readers on commit

@@ -39,6 +39,7 @@ class Runner:
         self.maxrec = maxrec
         self._con: duckdb.DuckDBPyConnection | None = None
         self._tables: CatalogueTables | None = None
+        self._generation = 0
         self._watchdog: Watchdog | None = None
         self._lock = threading.Lock()
 
@@ -57,9 +58,12 @@ class Runner:
 
     @property
     def tables(self) -> CatalogueTables:
-        if self._tables is None:
+        """The tables ADQL may name, reloaded once a sync of this process changed them."""
+        generation = getattr(self.cat, "generation", 0)
+        if self._tables is None or self._generation != generation:
             with duckdb_errors(self.timeout):
                 self._tables = CatalogueTables.load(self.con)
+            self._generation = generation
         return self._tables
 
     def query(self, adql: str, *, maxrec: int | None = None,
