@@ -93,6 +93,7 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job:
+        self.sweep()  # a job past its destruction time is gone, whichever request asks first
         job = self._jobs.get(job_id) if _ID.match(job_id) else None
         if job is None:
             raise JobNotFound(f"no job {job_id[:40]!r} here",
