@@ -51,7 +51,7 @@ class LocalService:
         """Bind (port 0: any free port), serve on a thread, advertise; returns the base URL."""
         self._sock = bind(self.host, self.port)
         port = self._sock.getsockname()[1]
-        self.url = f"http://{_url_host(self.host)}:{port}"
+        self.url = _public_url(self.host, port)
         if not self.ctx.base_url:
             self.ctx.base_url = self.url
         if not is_loopback(self.host):
@@ -161,6 +161,14 @@ def serving(catalogue: Catalogue, config: Config, *,
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _public_url(host: str, port: int) -> str:
+    """The base URL clients are given (product links included): a wildcard bind answers on
+    every address, so the machine's name stands for it."""
+    if host in ("0.0.0.0", "", "::"):
+        return f"http://{_url_host(socket.getfqdn())}:{port}"
+    return f"http://{_url_host(host)}:{port}"
 
 
 def _reader_url(host: str, port: int) -> str:
