@@ -3,6 +3,7 @@ service: /sync in every format, UWS jobs, VOSI, examples, limits and hostile req
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import math
@@ -317,12 +318,15 @@ def test_async_job_settings_update_and_delete(client: TestClient, ctx: ServiceCo
     assert client.get(url + "/executionduration").text == "5"
     client.post(url + "/executionduration", data={"EXECUTIONDURATION": "99999"})
     assert int(client.get(url + "/executionduration").text) == int(ctx.runners.timeout)
-    client.post(url + "/destruction", data={"DESTRUCTION": "2000-01-01T00:00:00Z"})
-    assert client.get(url + "/destruction").text == "2000-01-01T00:00:00Z"
+    soon = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    client.post(url + "/destruction", data={"DESTRUCTION": soon})
+    assert client.get(url + "/destruction").text == soon
+    client.post(url + "/destruction", data={"DESTRUCTION": "2999-01-01T00:00:00Z"})
+    assert client.get(url + "/destruction").text < "2999"  # capped at [serve] job_hours
     assert client.get(url + "/quote").status_code == 200
     assert client.get(url + "/owner").text == ""
-    # destruction in the past: the next listing destroys it
-    ET.fromstring(client.get("/async").content)
+    # destruction in the past: the next request destroys it
+    client.post(url + "/destruction", data={"DESTRUCTION": "2000-01-01T00:00:00Z"})
     assert client.get(url).status_code == 404
     url = client.post("/async", data={"LANG": "ADQL", "QUERY": "SELECT TOP 2 obs_id FROM "
                                       "ivoa.obscore", "MAXREC": "1", "PHASE": "RUN"},
