@@ -44,8 +44,9 @@ def _spectra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--normalize", choices=["none", "median"], default="none",
                    help="divide each spectrum by its median flux (default: none)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--format", choices=FORMATS, default="parquet",
-                   help="array container (default: parquet)")
+    p.add_argument("--format", choices=FORMATS, default="npz",
+                   help="array container (default: npz, the fastest to write; parquet: "
+                        "fixed-size list columns)")
     p.add_argument("--columns", default="", metavar="COL,...",
                    help="ObsCore columns for the manifest, e.g. snr,s_ra,s_dec,target_name")
     p.add_argument("--workers", type=int, default=None, metavar="N",

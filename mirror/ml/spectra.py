@@ -54,7 +54,7 @@ class SpectraReport:
 
 
 def export_spectra(mirror: Mirrored, out: str | os.PathLike[str], *, grid: Grid,
-                   where: str = DEFAULT_WHERE, normalize: str = "none", fmt: str = "parquet",
+                   where: str = DEFAULT_WHERE, normalize: str = "none", fmt: str = "npz",
                    columns: Sequence[str] = (), workers: int | None = None,
                    progress: Progress | None = None) -> SpectraReport:
     """Export the spectra `where` selects, resampled onto `grid`, into the folder `out`."""
