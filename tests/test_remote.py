@@ -23,7 +23,7 @@ import pytest
 from fakes import FakeSleep, FakeTap, write_config
 
 from mirror.api import Mirror
-from mirror.catalogue.engine import holder
+from mirror.catalogue.engine import advertise, holder
 from mirror.errors import AdqlSyntaxError, QueryTimeoutError, UnknownColumnError, UnknownTableError
 from mirror.remote import Endpoint, RemoteCatalogue, advertised
 from mirror.retry import RetryPolicy
@@ -288,3 +288,37 @@ def test_the_service_sees_a_source_that_a_sync_of_its_process_adds(tmp_path: Pat
                 assert m.sync("two", policy=policy)[0].status == "ok"
                 assert len(remote.query("SELECT obs_id FROM two.obscore")) == 50
             ctx.close()
+
+
+def test_stop_is_prompt_even_with_a_query_in_flight(held: Held) -> None:
+    import threading
+    import time
+
+    from mirror.server.service import STOP_SECONDS
+
+    ctx = ServiceContext(held.mirror.catalogue(), held.mirror.config)
+    service = LocalService(ctx)
+    remote = RemoteCatalogue(Endpoint(service.start()))
+    slow = ("SELECT COUNT(*) FROM ivoa.obscore a, ivoa.obscore b, ivoa.obscore c, "
+            "ivoa.obscore d, ivoa.obscore e WHERE SIN(a.s_ra + b.s_ra + c.s_ra + d.s_ra "
+            "+ e.s_ra) > 0.5")
+    outcome: list[object] = []
+    client = threading.Thread(target=lambda: outcome.append(_attempt(remote, slow)))
+    client.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    service.stop()
+    assert time.monotonic() - started < STOP_SECONDS + 2
+    client.join(30)
+    assert not client.is_alive() and outcome  # answered, or told the service went away
+    assert "endpoint" not in holder(held.path)  # it had taken the note over; now withdrawn
+    advertise(held.path, held.url)
+    ctx.close()
+    assert len(held.remote.query("SELECT obs_id FROM ivoa.obscore")) == 50  # A still serves
+
+
+def _attempt(remote: RemoteCatalogue, adql: str) -> object:
+    try:
+        return remote.query(adql, timeout=4)
+    except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
+        return exc

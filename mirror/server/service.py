@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from mirror.catalogue.engine import Catalogue, advertise
+from mirror.catalogue.engine import Catalogue, advertise, holder
 from mirror.config import Config
 from mirror.errors import ConfigError, MirrorError
 from mirror.server.app import build_app
@@ -46,6 +46,7 @@ class LocalService:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        self._advertised = ""
 
     def start(self) -> str:
         """Bind (port 0: any free port), serve on a thread, advertise; returns the base URL."""
@@ -72,13 +73,16 @@ class LocalService:
                                   "run with --debug to see why")
             time.sleep(0.01)
         if not self.ctx.catalogue.read_only:  # a read-only catalogue locks nobody out
-            advertise(self.ctx.catalogue.path, _reader_url(self.host, port), self.ctx.token)
+            self._advertised = _reader_url(self.host, port)
+            advertise(self.ctx.catalogue.path, self._advertised, self.ctx.token)
         return self.url
 
     def stop(self) -> None:
         """Withdraw the endpoint, finish the requests in flight (a few seconds at most)."""
-        if not self.ctx.catalogue.read_only:
+        note = holder(self.ctx.catalogue.path) or {}
+        if self._advertised and note.get("endpoint") == self._advertised:  # not another's
             advertise(self.ctx.catalogue.path, None)
+        self._advertised = ""
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(STOP_SECONDS + 1)
