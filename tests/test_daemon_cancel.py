@@ -90,3 +90,33 @@ def test_a_fetch_asked_to_stop_downloads_nothing_and_keeps_its_queue(tmp_path: P
         assert report.status == "cancelled" and report.done == 0
         states = sql(m, "SELECT state, count(*) FROM products GROUP BY state")
     assert states == [("pending", len(tap.ids()))]
+
+
+def test_a_fetch_stopped_mid_transfer_keeps_a_resumable_file_and_the_next_run_resumes(
+        tmp_path: Path) -> None:
+    from test_fetch_faults import CUT, FITS, Rig, ok
+
+    with FakeTap(hard_limit=20) as tap, FaultServer() as srv:
+        tap.load_recorded()
+        rig = Rig(tmp_path, tap, srv, n=2, fetch={"stall_seconds": 30.0})
+        rig.sync()
+        srv.script(rig.path(1), Step("stall", cut=CUT, delay=30, content_type=FITS))
+        cancel = threading.Event()
+        threading.Timer(1.0, cancel.set).start()  # SIGTERM while product 1 is half-way
+        t0 = time.monotonic()
+        with Mirror.open(rig.config) as m:
+            [report] = m.fetch(policy=rig.policy(), cancel=cancel)
+        assert time.monotonic() - t0 < 5
+        assert report.status == "cancelled" and report.done == 1
+        row = rig.products()[rig.pid(1)]
+        assert row["state"] == "pending" and row["last_modified"] == LAST_MODIFIED
+        [partial] = rig.partials()
+        assert partial.stat().st_size == CUT
+        rig.assert_done(2)
+        srv.script(rig.path(1), ok())
+        assert rig.fetch().status == "ok"
+        rig.assert_done(1)
+        resumed = srv.requests(rig.path(1))[-1].headers
+        assert resumed.get("range") == f"bytes={CUT}-"
+        assert resumed.get("if-range") == LAST_MODIFIED
+        assert rig.partials() == []

@@ -432,15 +432,18 @@ class Transport:
         return barriers
 
     def _cancelled(self) -> list[Outcome]:
-        """Outcomes of the transfers in flight, then abandon them (their files stay)."""
+        """Abandon the transfers in flight (their files stay, each with a `cancelled` Outcome
+        carrying its headers); bodies already complete are sealed and returned as usual."""
         out = [Outcome(key=x.job.key, url=x.job.url, status=x.status or None, size=0,
                        expected_size=None, sha256=None, headers=x.headers,
                        error="cancelled", transient=True, retry_after=None, cancelled=True)
                for x in self._active.values() if x.fd is not None]
-        self._abandon()
-        return out
+        self._abandon(keep_sealed=True)
+        sealed = list(self._ready)
+        self._ready.clear()
+        return sealed + out
 
-    def _abandon(self) -> None:
+    def _abandon(self, keep_sealed: bool = False) -> None:
         """Stop what is left when the consumer stops early; partial files stay as they are."""
         for c, x in list(self._active.items()):
             self._multi.remove_handle(c)
@@ -459,7 +462,8 @@ class Transport:
             while barrier not in self._collect(block=True):
                 pass
         self._sealing.clear()
-        self._ready.clear()
+        if not keep_sealed:
+            self._ready.clear()
 
 
 def _parse_headers(lines: list[bytes]) -> tuple[int, dict[str, str]]:

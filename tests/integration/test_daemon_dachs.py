@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from tests.fakes.tcp_proxy import TcpProxy
@@ -407,6 +408,15 @@ def test_sigterm_during_a_fetch_exits_promptly_and_a_restart_completes(
     stored = len(list((tmp_path / "data/store").rglob("*.fits")))
     wanted = int(psql("SELECT count(*) FROM ivoa.obscore")[0][0])
     assert 0 < stored < wanted, "it was stopped in the middle of the fetch"
+    partials = list((tmp_path / "data/store").rglob(".*.part"))
+    con = duckdb.connect(str(tmp_path / "data/m.duckdb"), read_only=True)
+    try:
+        resumable = con.execute("SELECT count(*) FROM products WHERE state = 'pending' "
+                                "AND last_modified IS NOT NULL").fetchone()[0]
+    finally:
+        con.close()
+    print(f"{stored} files stored, {len(partials)} partial, {resumable} resumable")
+    assert resumable >= len(partials), "each partial download kept its validator"
     # the restart completes and every file verifies
     again = DaemonProcess(config, "restart", "--once").start()
     assert again.proc is not None and again.proc.wait(300) == 0
@@ -416,3 +426,37 @@ def test_sigterm_during_a_fetch_exits_promptly_and_a_restart_completes(
     assert report["missing"] == [] and report["corrupt"] == []
     assert report["ok"] == report["checked"] > stored
     assert report["partials"] == 0
+    [restart] = [e for e in again.events() if e.get("event") == "fetch.done"]
+    assert stored + restart["done"] == report["ok"], "no stored file was downloaded again"
+
+
+def test_sigterm_during_a_harvest_stops_at_a_window_boundary(tmp_path: Path, upstream: str,
+                                                             record_property):
+    config = tmp_path / "mirror.toml"
+    write_config(config, [{"name": "all", "url": upstream, "page_size": 500}],
+                 daemon={"interval": 3600.0})
+    d = DaemonProcess(config).start()
+    try:
+        wait_until("the first window", lambda: any(
+            "window 0 committed" in e.get("message", "") for e in d.events()), timeout=120,
+                   every=0.02)
+    finally:
+        seconds = d.stop()
+    record_property("sigterm_harvest_exit_seconds", round(seconds, 2))
+    print(f"\nSIGTERM during a harvest: exited in {seconds:.2f} s")
+    assert d.proc.returncode == 0 and seconds < 5
+    con = duckdb.connect(str(tmp_path / "data/m.duckdb"), read_only=True)
+    try:
+        [(status, windows)] = con.execute("SELECT status, windows FROM sync_runs").fetchall()
+        received = con.execute("SELECT coalesce(sum(rows_received), 0) FROM sync_windows"
+                               ).fetchone()[0]
+        rows = con.execute("SELECT count(*) FROM obscore_all").fetchone()[0]
+    finally:
+        con.close()
+    total = int(psql("SELECT count(*) FROM ivoa.obscore")[0][0])
+    assert status == "cancelled" and 1 <= windows
+    assert rows == received == 500 * windows < total  # whole windows only
+    again = DaemonProcess(config, "restart", "--once").start()
+    assert again.proc is not None and again.proc.wait(300) == 0
+    [sync] = [e for e in again.events() if e.get("event") == "sync.done"]
+    assert sync["status"] == "ok" and sync["new"] == total - rows  # resumed, not restarted
