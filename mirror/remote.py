@@ -90,7 +90,8 @@ class RemoteCatalogue:
 
     def runs(self, source: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The run history, newest first (as many as the holder lists)."""
-        body = self._send("GET", "/mirror/status", params={"runs": str(limit)}).json()
+        asked = {"runs": str(limit), **({"source": source} if source else {})}
+        body = self._send("GET", "/mirror/status", params=asked).json()
         rows = body.get("runs", []) if isinstance(body, dict) else [
             run for src in body for run in src.get("recent_runs", [])]
         rows = [r for r in rows if source is None or r.get("source") == source]

@@ -161,6 +161,8 @@ def test_status_runs_and_state_through_the_service(held: Held) -> None:
     remote = held.remote.runs(limit=5)
     assert [r["run_id"] for r in remote] == [r["run_id"] for r in local]
     assert [r["status"] for r in remote] == [r["status"] for r in local]
+    assert [r["run_id"] for r in held.remote.runs("fake", 1)] == [local[0]["run_id"]]
+    assert held.remote.runs("nosuch", 5) == []
     assert held.remote.state() is None  # no daemon holds it
 
 

@@ -65,7 +65,8 @@ def build_app(ctx: ServiceContext) -> Starlette:
         wanted = request.query_params.get("runs", "")
         if not wanted.isdigit():
             return _json(rows)
-        history = await run_in_threadpool(_runs, ctx, min(int(wanted), 10_000))
+        history = await run_in_threadpool(_runs, ctx, min(int(wanted), 10_000),
+                                          request.query_params.get("source") or None)
         return _json({"sources": rows, "runs": history})  # `mirror status --runs N` elsewhere
 
     async def state(request: Request) -> Response:
@@ -112,12 +113,12 @@ def _tableset(ctx: ServiceContext) -> str:
                          rows("SELECT * FROM TAP_SCHEMA.key_columns"))
 
 
-def _runs(ctx: ServiceContext, limit: int) -> list[dict[str, Any]]:
+def _runs(ctx: ServiceContext, limit: int, source: str | None) -> list[dict[str, Any]]:
     """The newest sync runs, read beside the writer on a connection of their own."""
     from mirror.catalogue import runs
 
     with ctx.catalogue.reader() as conn:
-        return [dict(r._mapping) for r in runs.runs(conn, None, limit)]
+        return [dict(r._mapping) for r in runs.runs(conn, source, limit)]
 
 
 def _json(value: Any) -> Response:
