@@ -514,3 +514,18 @@ def test_mirror_serve_refuses_an_exposed_address_without_a_token(
         config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(config), "serve", "--host", "0.0.0.0"]) == 2
     assert "no access token" in capsys.readouterr().err
+
+
+def test_status_and_errors_never_carry_url_credentials(mirror: Mirror) -> None:
+    secret = "https://bob:s3cret@archive.test/tap"
+    ctx = make_ctx(mirror, state=lambda: {"source": secret})
+    ctx.status = lambda: [{"name": "x", "url": secret}]
+    with TestClient(build_app(ctx)) as c:
+        for path in ("/mirror/status", "/mirror/state"):
+            r = c.get(path)
+            assert "s3cret" not in r.text and "bob" not in r.text
+            assert "https://archive.test/tap" in r.text
+        r = c.get("/sync", params={"LANG": "ADQL",
+                                   "QUERY": f"SELECT * FROM ivoa.obscore WHERE x = '{secret}'"})
+        assert "ERROR" in r.text and "s3cret" not in r.text
+    ctx.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from mirror.server.products import routes as product_routes
 from mirror.server.tap import error_response, sync_endpoint
 
 XML = "text/xml"
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s\"]+@")
 
 
 def jobs_folder(catalogue: Path) -> Path:
@@ -122,4 +124,6 @@ def _runs(ctx: ServiceContext, limit: int, source: str | None) -> list[dict[str,
 
 
 def _json(value: Any) -> Response:
-    return Response(json.dumps(value, default=str), media_type="application/json")
+    """JSON without credentials: `user:password@` in any URL (a source's, say) is dropped."""
+    text = _USERINFO.sub(r"\1", json.dumps(value, default=str))
+    return Response(text, media_type="application/json")

@@ -14,6 +14,7 @@ from mirror.server.formats import render
 from mirror.server.params import TapQuery
 from mirror.server.products import localise
 
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s\"']+@")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/])/(?:[\w.-]+/)+[\w.-]*")
 
 
@@ -39,6 +40,7 @@ def scrub(text: str, ctx: ServiceContext) -> str:
     """`text` without the catalogue's folders, the home folder or any other absolute path."""
     for folder in _private_folders(ctx):
         text = text.replace(folder, "<local>")
+    text = _USERINFO.sub(r"\1", text)  # credentials in a URL: scheme://user:password@host
     return _ABSOLUTE_PATH.sub("<local path>", text)
 
 

@@ -105,7 +105,7 @@ def routes(store: JobStore) -> list[Route]:
         job = store.get(request.path_params["id"])
         what = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         if what == "quote":
-            return PlainTextResponse(job.destruction if job.phase == "PENDING" else "")
+            return PlainTextResponse("")  # no estimate: UWS lets a quote be nil
         if what == "owner":
             return PlainTextResponse(job.owner or "")
         if what == "parameters":
@@ -167,7 +167,7 @@ def job_xml(job: Job, request: Request) -> str:
         parts.append(f"<uws:runId>{escape(job.run_id)}</uws:runId>")
     parts += [_time(job.owner and escape(job.owner), "ownerId"),
               f"<uws:phase>{job.phase}</uws:phase>",
-              _time(job.destruction if job.phase == "PENDING" else None, "quote"),
+              _time(None, "quote"),
               _time(job.created, "creationTime"), _time(job.started, "startTime"),
               _time(job.ended, "endTime"),
               f"<uws:executionDuration>{job.duration}</uws:executionDuration>",
