@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mirror.api import Mirror
 from mirror.cli.output import emit, err, out
 
-Command = Callable[[str, str], argparse.ArgumentParser]
+Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
 
 def register(command: Command) -> None:

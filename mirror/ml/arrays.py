@@ -38,8 +38,9 @@ def open_writer(fmt: str, folder: Path, wavelength: np.ndarray, chunk_rows: int
                 ) -> ArrayWriter:
     """A writer of `fmt` for rows of len(wavelength) pixels, in blocks of `chunk_rows`."""
     target = folder / NAMES[fmt]
-    cls = {"parquet": _Parquet, "npz": _Npz, "hdf5": _Hdf5, "zarr": _Zarr}[fmt]
-    return cls(target, wavelength, chunk_rows)  # type: ignore[no-any-return]
+    writers: dict[str, type[ArrayWriter]] = {"parquet": _Parquet, "npz": _Npz,
+                                             "hdf5": _Hdf5, "zarr": _Zarr}
+    return writers[fmt](target, wavelength, chunk_rows)  # type: ignore[call-arg]
 
 
 def _partial(target: Path) -> Path:
@@ -53,7 +54,8 @@ def _replace(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a file or a folder (Zarr), if there."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -87,7 +89,7 @@ class _Parquet:
 
     def abort(self) -> None:
         self.writer.close()
-        _remove(self.tmp)
+        remove(self.tmp)
 
 
 class _Npz:
@@ -173,7 +175,7 @@ class _Hdf5:
 
     def abort(self) -> None:
         self.file.close()
-        _remove(self.tmp)
+        remove(self.tmp)
 
 
 class _Zarr:
@@ -183,7 +185,7 @@ class _Zarr:
         import zarr  # optional dependency, needed for this format only
 
         self.target, self.tmp, self.rows = target, _partial(target), 0
-        _remove(self.tmp)
+        remove(self.tmp)
         group = zarr.open_group(str(self.tmp), mode="w")
         n = wavelength.size
         self.arrays = {name: group.create_array(
@@ -203,7 +205,7 @@ class _Zarr:
         _replace(self.tmp, self.target)
 
     def abort(self) -> None:
-        _remove(self.tmp)
+        remove(self.tmp)
 
 
 class NpyWriter:

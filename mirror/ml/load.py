@@ -67,7 +67,7 @@ class ArrayReader:
             import zarr
 
             self._zarr = zarr.open_group(str(self.path), mode="r")
-            self.wavelength = self._zarr["wavelength"][:]
+            self.wavelength = np.asarray(self._zarr["wavelength"][:])  # type: ignore[index]
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows start..stop-1 of flux, error and mask."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from mirror import __version__
 from mirror.ml import worker
-from mirror.ml.arrays import FORMATS, NAMES, open_writer
+from mirror.ml.arrays import FORMATS, NAMES, open_writer, remove
 from mirror.ml.errors import ExportError
 from mirror.ml.grid import Grid
 from mirror.ml.manifest import prepare_folder, write_json, write_manifest, write_rejects
@@ -105,6 +105,8 @@ def export_spectra(mirror: Mirrored, out: str | os.PathLike[str], *, grid: Grid,
                    _computed(exported, selection, mirror), meta)
     write_rejects(folder, selection.table, reasons)
     write_json(folder, meta)
+    for other in set(NAMES.values()) - {NAMES[fmt]}:  # an earlier export in another format
+        remove(folder / other)
     counts: dict[str, int] = {}
     for reason in reasons.values():
         key = reason.split(":")[0]
@@ -156,14 +158,9 @@ def _batches(jobs: list[worker.Job], grid: Grid, normalize: str, n: int,
     context = multiprocessing.get_context(START_METHOD)
     with ProcessPoolExecutor(count, mp_context=context) as pool:
         window: deque[Future[worker.Batch]] = deque()
-        queue = iter(tasks)
-        for task in queue:
-            window.append(pool.submit(worker.run, task, grid, normalize))
-            if len(window) >= 2 * count + 1:
-                break
-        while window:
-            batch = window.popleft().result()
-            task = next(queue, None)
-            if task is not None:
-                window.append(pool.submit(worker.run, task, grid, normalize))
-            yield batch
+        ahead = 2 * count + 1  # tasks in flight: the bound on memory
+        for i in range(len(tasks)):
+            while len(window) < ahead and i + len(window) < len(tasks):
+                window.append(pool.submit(worker.run, tasks[i + len(window)], grid,
+                                          normalize))
+            yield window.popleft().result()
