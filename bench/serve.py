@@ -140,6 +140,7 @@ def measure(args: argparse.Namespace, folder: Path) -> None:
     one_times: list[float] = []
     one_s = many_s = 0.0
     expected: list[int] = []
+    cpu = [0.0, 0.0]  # the service process's CPU seconds (its threads, DuckDB's included)
     try:
         run_clients(pool, host, port, [queries[:20]] * args.clients)  # warm every runner
         # rounds interleave the three measurements: a shared machine's load drifts alike
@@ -150,11 +151,15 @@ def measure(args: argparse.Namespace, folder: Path) -> None:
                 counts.append(len(runner.query(q)))
                 direct.append((time.perf_counter() - t0) * 1000)
             expected += counts
+            cpu0 = time.process_time()
             seconds, [times], [got] = run_clients(pool, host, port, [part])
+            cpu[0] += time.process_time() - cpu0
             assert got == counts, "the service answered other rows than the ADQL layer"
             one_s, one_times = one_s + seconds, one_times + times
             per = [part[i::args.clients] for i in range(args.clients)]
+            cpu0 = time.process_time()
             seconds, _, many = run_clients(pool, host, port, per)
+            cpu[1] += time.process_time() - cpu0
             for i, got in enumerate(many):
                 assert got == counts[i::args.clients], "a concurrent client got other rows"
             many_s += seconds
@@ -176,6 +181,9 @@ def measure(args: argparse.Namespace, folder: Path) -> None:
     print(f"direct Runner.query     median {direct_ms:7.2f} ms   {qps_direct:7.0f} q/s")
     print(f"service, 1 client       median {one_ms:7.2f} ms   {qps_one:7.0f} q/s")
     print(f"service, {args.clients} clients                         {qps_many:7.0f} q/s")
+    print(f"service process CPU per query: {cpu[0] / len(queries) * 1000:.2f} ms with 1 client "
+          f"({cpu[0] / one_s:.2f} cores busy), {cpu[1] / len(queries) * 1000:.2f} ms with "
+          f"{args.clients} ({cpu[1] / many_s:.2f} cores busy)")
     print(f"overhead per query  {overhead:5.2f} ms  (target < {TARGETS['overhead_ms']} ms: "
           f"{'met' if overhead < TARGETS['overhead_ms'] else 'MISSED'})")
     print(f"{args.clients} clients / 1 client  {scaling:5.2f}x  (target >= {TARGETS['scaling']}x: "
