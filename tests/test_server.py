@@ -529,3 +529,37 @@ def test_status_and_errors_never_carry_url_credentials(mirror: Mirror) -> None:
                                    "QUERY": f"SELECT * FROM ivoa.obscore WHERE x = '{secret}'"})
         assert "ERROR" in r.text and "s3cret" not in r.text
     ctx.close()
+
+
+def test_mirror_serve_prints_its_url_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with FakeTap(hard_limit=20).load_recorded() as tap:  # a catalogue no fixture holds open
+        h = Harness(tmp_path, tap)
+        assert h.sync().status == "ok"
+        h.close()
+    config = h.config
+    proc = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--config", str(config),
+                             "serve", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ,
+                                                                    "COLUMNS": "200"})
+    try:
+        line = proc.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert found, line + proc.stderr.read()
+        url = found.group(0)
+        import httpx
+        r = httpx.get(f"{url}/sync", params={"LANG": "ADQL", "FORMAT": "csv",
+                                             "QUERY": "SELECT COUNT(*) AS n FROM ivoa.obscore"})
+        assert r.status_code == 200 and int(r.text.split()[-1]) > 0
+        lock = next((tmp_path / "cat").glob("*.lock"))
+        assert json.loads(lock.read_text())["endpoint"] == url
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not lock.exists() or "endpoint" not in lock.read_text()
