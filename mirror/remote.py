@@ -29,7 +29,7 @@ from astropy.io.votable.tree import VOTableFile
 from mirror.catalogue.engine import holder
 from mirror.catalogue.types import ColumnSpec, local_type
 from mirror.errors import CatalogueBusyError, QueryError, from_wire
-from mirror.http import make_session
+from mirror.http import make_session, retry_after_seconds
 from mirror.query.result import QueryResult, annotate
 
 BUSY_RETRIES = 3  # the service's query slots were all taken: wait as told, this many times
@@ -92,9 +92,8 @@ class RemoteCatalogue:
         """The run history, newest first (as many as the holder lists)."""
         asked = {"runs": str(limit), **({"source": source} if source else {})}
         body = self._send("GET", "/mirror/status", params=asked).json()
-        rows = body.get("runs", []) if isinstance(body, dict) else [
-            run for src in body for run in src.get("recent_runs", [])]
-        rows = [r for r in rows if source is None or r.get("source") == source]
+        rows = body.get("runs", []) if isinstance(body, dict) else []  # a service without
+        rows = [r for r in rows if source is None or r.get("source") == source]  # run history
         rows.sort(key=lambda r: r.get("run_id") or 0, reverse=True)
         return rows[:limit]
 
@@ -116,7 +115,8 @@ class RemoteCatalogue:
                     "wait for it to finish, or stop it; DuckDB lets only one process open "
                     "the file") from exc
             if response.status_code == 503 and attempt < BUSY_RETRIES:
-                time.sleep(min(float(response.headers.get("Retry-After", "1") or 1), 10.0))
+                asked = retry_after_seconds(response.headers.get("Retry-After"))
+                time.sleep(min(1.0 if asked is None else asked, 10.0))
                 continue
             break
         if response.status_code in (401, 403):
