@@ -563,3 +563,12 @@ def test_mirror_serve_prints_its_url_serves_and_stops_on_sigterm(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
     assert not lock.exists() or "endpoint" not in lock.read_text()
+
+
+@pytest.mark.parametrize("fmt", ["votable", "votable/td"])
+def test_control_characters_never_break_the_xml(client: TestClient, fmt: str) -> None:
+    for q in ("SELECT TOP 1 obs_id FROM ivoa.obscore WHERE obs_id <> 'a\x01b'",
+              "SELECT TOP 1 obs_id FROM ivoa.obscore WHERE \x02"):
+        r = client.get("/sync", params={"LANG": "ADQL", "QUERY": q, "FORMAT": fmt})
+        ET.fromstring(r.content)  # well-formed XML 1.0
+        assert status_of(votable(r.content))[0] in ("OK", "ERROR")

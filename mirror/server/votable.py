@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from mirror.adql.geometry import region_values
 from mirror.catalogue.types import ColumnSpec
 
 NS = "http://www.ivoa.net/xml/VOTable/v1.3"
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 DALI_GEOMETRY = {"point": "2", "circle": "3", "polygon": "*"}
 _NUMERIC = {  # arrow type id -> (VOTable datatype, numpy big-endian dtype)
     pa.bool_(): ("boolean", None), pa.uint8(): ("unsignedByte", ">u1"),
@@ -106,7 +108,7 @@ def document(arrow: pa.Table, columns: dict[str, ColumnSpec], *, overflow: bool,
     cols = fields(arrow, columns)
     head = [_head(), '<RESOURCE type="results">',
             '<INFO name="QUERY_STATUS" value="OK"/>']
-    head += [f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in infos]
+    head += [f"<INFO name={quoteattr(k)} value={quoteattr(xml_text(v))}/>" for k, v in infos]
     head.append("<TABLE>")
     head += [_field_xml(f) for f in cols]
     body = _binary2(cols, arrow.num_rows) if serialization == "binary2" \
@@ -123,9 +125,14 @@ def error_document(message: str, infos: Iterable[tuple[str, str]] = ()) -> bytes
     that know them (`mirror.errors.to_wire`: the error's kind and hint)."""
     return "\n".join([
         _head(), '<RESOURCE type="results">',
-        f'<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>',
+        f'<INFO name="QUERY_STATUS" value="ERROR">{escape(xml_text(message))}</INFO>',
         *(f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>" for k, v in infos),
         "</RESOURCE>", "</VOTABLE>", ""]).encode()
+
+
+def xml_text(text: str) -> str:
+    """`text` without the control characters XML 1.0 cannot carry (TABLEDATA, INFO)."""
+    return _NOT_XML.sub("\ufffd", text)
 
 
 def _head() -> str:
@@ -211,5 +218,5 @@ def _texts(f: Field) -> list[str]:
         return ["" if v is None else " ".join("NaN" if x is None else repr(x) for x in v)
                 for v in f.values]
     if f.datatype in ("char", "unicodeChar"):
-        return ["" if v is None else escape(v) for v in f.values]
+        return ["" if v is None else escape(xml_text(v)) for v in f.values]
     return ["" if v is None else repr(v) for v in f.values]
