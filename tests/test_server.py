@@ -572,3 +572,13 @@ def test_control_characters_never_break_the_xml(client: TestClient, fmt: str) ->
         r = client.get("/sync", params={"LANG": "ADQL", "QUERY": q, "FORMAT": fmt})
         ET.fromstring(r.content)  # well-formed XML 1.0
         assert status_of(votable(r.content))[0] in ("OK", "ERROR")
+
+
+def test_job_documents_stay_xml_with_control_characters(client: TestClient) -> None:
+    url = client.post("/async", data={"LANG": "ADQL", "QUERY": "SELECT \x01 FROM x",
+                                      "RUNID": "r\x02", "PHASE": "RUN"},
+                      follow_redirects=False).headers["location"]
+    job = job_doc(client, url, WAIT="10")
+    assert job.findtext(f"{UWS}phase") == "ERROR"
+    ET.fromstring(client.get(url + "/parameters").content)
+    ET.fromstring(client.get("/async").content)

@@ -14,7 +14,7 @@ from mirror.errors import MirrorError
 from mirror.server.jobs import Job, JobNotFound, JobStore
 from mirror.server.params import BadRequest, read_params
 from mirror.server.tap import error_response
-from mirror.server.votable import error_document
+from mirror.server.votable import error_document, xml_text
 
 NS = ('xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink" '
       'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"')
@@ -164,7 +164,7 @@ def job_xml(job: Job, request: Request) -> str:
     """The UWS 1.1 job document."""
     parts = [f"<uws:jobId>{job.id}</uws:jobId>"]
     if job.run_id:
-        parts.append(f"<uws:runId>{escape(job.run_id)}</uws:runId>")
+        parts.append(f"<uws:runId>{escape(xml_text(job.run_id))}</uws:runId>")
     parts += [_time(job.owner and escape(job.owner), "ownerId"),
               f"<uws:phase>{job.phase}</uws:phase>",
               _time(None, "quote"),
@@ -176,13 +176,14 @@ def job_xml(job: Job, request: Request) -> str:
               _wrap("results", _results_xml(job, request), ns=False)]
     if job.phase == "ERROR" and job.error:
         parts.append('<uws:errorSummary type="fatal" hasDetail="true">'
-                     f"<uws:message>{escape(job.error)}</uws:message></uws:errorSummary>")
+                     f"<uws:message>{escape(xml_text(job.error))}</uws:message></uws:errorSummary>")
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:job {NS} version="1.1">'
             + "".join(parts) + "</uws:job>")
 
 
 def _params_xml(job: Job) -> str:
-    return "".join(f"<uws:parameter id={quoteattr(k)}>{escape(v)}</uws:parameter>"
+    return "".join(f"<uws:parameter id={quoteattr(xml_text(k))}>{escape(xml_text(v))}"
+                   "</uws:parameter>"
                    for k, v in job.params.items())
 
 
@@ -210,7 +211,7 @@ def _jobs_xml(jobs: list[Job], request: Request) -> str:
     refs = "".join(
         f'<uws:jobref id="{j.id}" xlink:href={quoteattr(_url(request, j.id))}>'
         f"<uws:phase>{j.phase}</uws:phase>"
-        + (f"<uws:runId>{escape(j.run_id)}</uws:runId>" if j.run_id else "")
+        + (f"<uws:runId>{escape(xml_text(j.run_id))}</uws:runId>" if j.run_id else "")
         + _time(j.owner and escape(j.owner), "ownerId")
         + f"<uws:creationTime>{j.created}</uws:creationTime></uws:jobref>" for j in picked)
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:jobs {NS} version="1.1">'
