@@ -324,3 +324,19 @@ def _attempt(remote: RemoteCatalogue, adql: str) -> object:
         return remote.query(adql, timeout=4)
     except Exception as exc:  # noqa: BLE001 - the outcome is what the test looks at
         return exc
+
+
+def test_a_service_with_a_token_hands_it_to_readers_through_the_note_only(held: Held) -> None:
+    from mirror.errors import CatalogueBusyError
+
+    ctx = ServiceContext(held.mirror.catalogue(), held.mirror.config, token="s3cret-t0ken")
+    with LocalService(ctx) as service:
+        found = advertised(held.path)
+        assert found is not None and found.token == "s3cret-t0ken"
+        assert found.url == service.url
+        assert len(RemoteCatalogue(found).query("SELECT obs_id FROM ivoa.obscore")) == 50
+        with pytest.raises(CatalogueBusyError, match="refused"):
+            RemoteCatalogue(Endpoint(service.url)).query("SELECT obs_id FROM ivoa.obscore")
+    ctx.close()
+    assert "token" not in holder(held.path)
+    advertise(held.path, held.url)
