@@ -582,3 +582,21 @@ def test_job_documents_stay_xml_with_control_characters(client: TestClient) -> N
     assert job.findtext(f"{UWS}phase") == "ERROR"
     ET.fromstring(client.get(url + "/parameters").content)
     ET.fromstring(client.get("/async").content)
+
+
+def test_many_waiting_clients_do_not_starve_queries(client: TestClient) -> None:
+    url = client.post("/async", data={"LANG": "ADQL", "QUERY": "SELECT 1 AS x FROM "
+                                      "ivoa.obscore"}, follow_redirects=False).headers["location"]
+    waiters = [threading.Thread(target=client.get, args=(url,), kwargs={"params": {"WAIT": "5"}})
+               for _ in range(50)]  # more than the thread pool's 40 workers
+    for t in waiters:
+        t.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    r = client.get("/sync", params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 obs_id FROM "
+                                    "ivoa.obscore"})
+    assert r.status_code == 200 and time.monotonic() - started < 3
+    client.delete(url)  # ends the waits
+    for t in waiters:
+        t.join(10)
+    assert not any(t.is_alive() for t in waiters)

@@ -7,6 +7,7 @@ stops while a job runs finds it on restart and marks it ERROR: the client learns
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -15,6 +16,7 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +31,8 @@ from mirror.server.pool import PoolBusyError
 ACTIVE = ("QUEUED", "EXECUTING")
 FINAL = ("COMPLETED", "ERROR", "ABORTED")
 _ID = re.compile(r"^[0-9a-f]{16}$")
-_CONTROL = ("phase", "runid", "action", "wait")  # UWS parameters, not the job's own
+_CONTROL = ("phase", "runid", "action", "wait")
+WAIT_POLL = 0.02  # seconds between looks at a waited-for job  # UWS parameters, not the job's own
 
 
 class JobNotFound(MirrorError):
@@ -151,14 +154,16 @@ class JobStore:
             job.destruction = _iso(min(when, latest))
             self._save(job)
 
-    def wait(self, job: Job, seconds: float, phase: str | None) -> None:
-        """Block while the job stays in `phase` (its current active phase if None)."""
+    async def wait(self, job: Job, seconds: float, phase: str | None) -> None:
+        """UWS WAIT: return when the job leaves `phase` (its current phase if None, when that
+        is PENDING, QUEUED or EXECUTING) or after `seconds`. Polls on the event loop: a
+        waiting client holds no thread, so many waits cannot starve the queries."""
         watched = phase or job.phase
-        if watched not in ("PENDING", *ACTIVE) or job.phase != watched:
+        if watched not in ("PENDING", *ACTIVE):
             return
-        with self._changed:
-            self._changed.wait_for(lambda: job.phase != watched or job.id not in self._jobs,
-                                   timeout=seconds)
+        deadline = time.monotonic() + seconds
+        while job.phase == watched and job.id in self._jobs and time.monotonic() < deadline:
+            await asyncio.sleep(WAIT_POLL)
 
     def result_path(self, job: Job) -> Path:
         return self.folder / job.id / "result"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from xml.sax.saxutils import escape, quoteattr
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -58,8 +57,8 @@ def routes(store: JobStore) -> list[Route]:
                 store.start(job)
             return RedirectResponse(_url(request, job.id), status_code=303)
         if "wait" in params:
-            await run_in_threadpool(store.wait, job, _wait_seconds(params["wait"]),
-                                    params.get("phase", "").upper() or None)
+            await store.wait(job, _wait_seconds(params["wait"]),
+                             params.get("phase", "").upper() or None)
         return Response(job_xml(job, request), media_type=XML)
 
     async def phase(request: Request) -> Response:
