@@ -27,6 +27,8 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 class ArrayWriter(Protocol):
+    blocked: bool  # rows must arrive in blocks of chunk_rows (the file's layout follows them)
+
     def append(self, flux: np.ndarray, error: np.ndarray, mask: np.ndarray) -> None: ...
 
     def close(self) -> None: ...
@@ -65,6 +67,7 @@ def remove(path: Path) -> None:
 class _Parquet:
     """flux, error: fixed_size_list<float32>; mask: fixed_size_list<bool>; the wavelength
     grid in the schema metadata (float64 little-endian bytes)."""
+    blocked = True
 
     def __init__(self, target: Path, wavelength: np.ndarray, chunk_rows: int) -> None:
         self.target, self.tmp, self.n = target, _partial(target), wavelength.size
@@ -95,6 +98,7 @@ class _Parquet:
 class _Npz:
     """Rows go to one raw temp file per array; close writes the .npy entries into the zip,
     streamed, with a fixed date, so memory stays one block however many rows."""
+    blocked = False  # a byte stream: any blocking gives the same file
 
     def __init__(self, target: Path, wavelength: np.ndarray, chunk_rows: int) -> None:
         self.target, self.wavelength, self.rows = target, wavelength, 0
@@ -146,6 +150,7 @@ class _Npz:
 class _Hdf5:
     """Datasets flux/error/mask chunked (block, pixels); the mask gzip-compressed (noisy
     floats gain ~10% from gzip at 5x the writing time)."""
+    blocked = True
 
     def __init__(self, target: Path, wavelength: np.ndarray, chunk_rows: int) -> None:
         import h5py  # optional dependency, needed for this format only
@@ -180,6 +185,7 @@ class _Hdf5:
 
 class _Zarr:
     """A Zarr v3 group with arrays flux/error/mask chunked (block, pixels); the mask zstd."""
+    blocked = True
 
     def __init__(self, target: Path, wavelength: np.ndarray, chunk_rows: int) -> None:
         import zarr  # optional dependency, needed for this format only

@@ -51,8 +51,10 @@ def resample(wave: np.ndarray, flux: np.ndarray, error: np.ndarray | None,
     idx = np.clip(np.searchsorted(e_in, a, side="right") - 1, 0, wave.size - 1)
     out_width = np.diff(edges)
     flux_out = np.diff(_integral(f * width, f, e_in, a, idx)) / out_width
-    badf = bad.astype(np.float64)
-    mask = ~covered | (np.diff(_integral(badf * width, badf, e_in, a, idx)) > 0)
+    mask = ~covered
+    if bad.any():  # rare: skip a second integral over the grid when every pixel is good
+        badf = bad.astype(np.float64)
+        mask |= np.diff(_integral(badf * width, badf, e_in, a, idx)) > 0
     if error is None:
         err_out = np.full(flux_out.shape, np.nan)
     else:

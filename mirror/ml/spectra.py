@@ -82,8 +82,9 @@ def export_spectra(mirror: Mirrored, out: str | os.PathLike[str], *, grid: Grid,
             if len(batch.flux):
                 pending.append((batch.flux, batch.error, batch.mask))
                 buffered += len(batch.flux)
-            while buffered >= block:
-                pending, buffered = _flush(writer, pending, block)
+            while buffered >= block or (buffered and not writer.blocked):
+                pending, buffered = _flush(writer, pending, block if writer.blocked
+                                           else buffered)
             if progress:
                 progress(len(outcomes) + len(selection.items) - len(jobs),
                          len(selection.items), len(reasons))
@@ -137,7 +138,8 @@ def _computed(exported: list[worker.Outcome], selection: Any,
 def _flush(writer: Any, pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
            rows: int) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], int]:
     """Write the first `rows` buffered rows as one block; keep the rest."""
-    stacked = [np.concatenate([p[k] for p in pending]) for k in range(3)]
+    stacked = (list(pending[0]) if len(pending) == 1
+               else [np.concatenate([p[k] for p in pending]) for k in range(3)])
     writer.append(*(a[:rows] for a in stacked))
     rest = [a[rows:] for a in stacked]
     left = len(rest[0])
