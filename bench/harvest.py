@@ -120,12 +120,14 @@ def peak_rss_mb() -> float:
 
 # -- the measurements (each in its own process) -------------------------------------------------
 
-def measure_sync(url: str, page: int, workdir: str, profile: bool) -> dict[str, Any]:
+def measure_sync(url: str, page: int, workdir: str, profile: bool,
+                 memory_limit: str) -> dict[str, Any]:
     """A full `Mirror.sync` into a fresh catalogue; whole-sync and per-phase seconds, RSS."""
     from mirror.api import Mirror
 
     toml = Path(workdir) / "mirror.toml"
-    toml.write_text(f'[catalogue]\npath = "mirror.duckdb"\n[store]\nroot = "store"\n'
+    toml.write_text(f'[catalogue]\npath = "mirror.duckdb"\nmemory_limit = "{memory_limit}"\n'
+                    f'[store]\nroot = "store"\n'
                     f'[[source]]\nname = "bench"\nurl = "{url}"\npage_size = {page}\n'
                     "retries = 1\n", encoding="utf-8")
     marks: dict[str, float] = {}
@@ -238,7 +240,7 @@ def run_child(args: argparse.Namespace) -> None:
     kind, arg = args.child[0], args.child[1]
     with tempfile.TemporaryDirectory(prefix="bench-harvest-") as tmp:
         if kind == "sync":
-            result = measure_sync(arg, args.page_size, tmp, args.profile)
+            result = measure_sync(arg, args.page_size, tmp, args.profile, args.memory_limit)
         elif kind == "pyvo":
             result = measure_pyvo(arg, args.page_size, args.votable)
         elif kind == "csvfile":
@@ -276,7 +278,7 @@ def report(args: argparse.Namespace, small: int, res: dict[str, dict[str, Any]])
           f"catalogue creation {big['create_seconds']:.2f} (excluded)")
     print(f"mirror peak RSS: {sm['rss_mb']:.0f} MB at {small:,} rows, {big['rss_mb']:.0f} MB at "
           f"{args.rows:,} rows (before the sync: {sm['rss_before_mb']:.0f} / "
-          f"{big['rss_before_mb']:.0f} MB)\n")
+          f"{big['rss_before_mb']:.0f} MB; [catalogue] memory_limit = {args.memory_limit})\n")
     ratios = [("mirror / pyvo + astropy", rate(big) / rate(pyvo_), f">= {TARGETS['pyvo']:.1f}x",
                rate(big) / rate(pyvo_) >= TARGETS["pyvo"]),
               ("mirror / DuckDB read_csv", rate(big) / rate(duck), f">= {TARGETS['duckdb']:.2f}",
@@ -300,6 +302,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3,
                         help="measured passes per path; the fastest counts (default 3, quick 1)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--memory-limit", default="128MB",
+                        help="mirror's [catalogue] memory_limit: DuckDB's cap, which keeps RSS "
+                             "flat once the table outgrows it (default 128MB, so that both "
+                             "table sizes do)")
     parser.add_argument("--profile", action="store_true", help="cProfile the mirror sync")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -311,7 +317,8 @@ def main() -> None:
     if args.child:
         return run_child(args)
     small = args.rows // 4
-    common = ["--page-size", str(args.page_size), "--votable", args.votable]
+    common = ["--page-size", str(args.page_size), "--votable", args.votable,
+              "--memory-limit", args.memory_limit]
     repeat = 1 if args.profile else args.repeat
     servers = []
     try:

@@ -66,7 +66,8 @@ class Mirror:
         if self._catalogue is not None:
             self._close_runner()  # its connection would keep the read-only database open
             self._catalogue.close()
-        self._catalogue = Catalogue.open(self.config.catalogue_path, read_only=not write)
+        self._catalogue = Catalogue.open(self.config.catalogue_path, read_only=not write,
+                                         memory_limit=self.config.memory_limit)
         if write:
             with self._catalogue.begin() as conn:
                 runs.mark_interrupted(conn)

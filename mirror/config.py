@@ -44,6 +44,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalogue", "path", str, "data/mirror.duckdb",
             "DuckDB file of the local catalogue (relative to the config file)",
             'path = "data/mirror.duckdb"'),
+    Setting("catalogue", "memory_limit", str, "1GB",
+            "most memory DuckDB may use (caches, ingest buffers, sorts; beyond it, it spills "
+            "to <catalogue>.tmp): keeps a sync's memory flat in the table size",
+            'memory_limit = "1GB"'),
     Setting("store", "root", str, "data/store",
             "folder where fetched data products are stored (relative to the config file)",
             'root = "data/store"'),
@@ -247,6 +251,7 @@ class Config:
 
     catalogue_path: Path
     store_root: Path
+    memory_limit: str = "1GB"
     sources: tuple[SourceConfig, ...] = field(default_factory=tuple)
     file: Path | None = None
     layout: str = DEFAULT_LAYOUT
@@ -313,7 +318,11 @@ def parse_config(data: dict[str, Any], file: Path) -> Config:
         if names.count(name) > 1:
             raise ConfigError(f"{file}: source name {name!r} is used twice",
                               f'give every [[source]] its own name, e.g. name = "{name}_2"')
-    return Config(catalogue_path=(base / catalogue["path"]).resolve(),
+    memory = str(catalogue["memory_limit"]).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory, re.IGNORECASE):
+        raise ConfigError(f"{file}: [catalogue] memory_limit = {memory!r} is not a size",
+                          'give a number and a unit, e.g. memory_limit = "1GB" or "512MB"')
+    return Config(catalogue_path=(base / catalogue["path"]).resolve(), memory_limit=memory,
                   store_root=(base / store["root"]).resolve(), sources=sources, file=file,
                   layout=store["layout"], fetch=FetchConfig(**_section(data, "fetch", file)),
                   query=QueryConfig(**_section(data, "query", file)),

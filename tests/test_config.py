@@ -307,3 +307,14 @@ def test_every_setting_example_is_itself_valid(setting: Any, tmp_path: Path) -> 
     key, _, value = setting.example.partition("=")
     assert key.strip() == setting.name
     load_config(config_with(tmp_path, setting.section, setting.name, value.strip()))
+
+
+def test_memory_limit_must_be_a_size(tmp_path: Path) -> None:
+    config = tmp_path / "mirror.toml"
+    config.write_text('[catalogue]\nmemory_limit = "lots"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert "memory_limit" in caught.value.message and "lots" in caught.value.message
+    assert "512MB" in (caught.value.hint or "")
+    config.write_text('[catalogue]\nmemory_limit = "512MB"\n', encoding="utf-8")
+    assert load_config(config).memory_limit == "512MB"

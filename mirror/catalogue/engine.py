@@ -65,8 +65,10 @@ class Catalogue:
         self.generation = 0
 
     @classmethod
-    def open(cls, path: Path, *, read_only: bool = False, migrate: bool = True) -> Catalogue:
-        """Open (creating and migrating when writable) the catalogue at `path`."""
+    def open(cls, path: Path, *, read_only: bool = False, migrate: bool = True,
+             memory_limit: str | None = None) -> Catalogue:
+        """Open (creating and migrating when writable) the catalogue at `path`; DuckDB uses at
+        most `memory_limit` (its own default, 80% of RAM, when None)."""
         path = Path(path)
         if read_only and not path.exists():
             raise CatalogueError(f"no catalogue at {path}",
@@ -74,7 +76,8 @@ class Catalogue:
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             f"duckdb:///{path}", poolclass=sa.pool.StaticPool,
-            connect_args={"read_only": read_only, "config": dict(DUCKDB_CONFIG)})
+            connect_args={"read_only": read_only, "config": {
+                **DUCKDB_CONFIG, **({"memory_limit": memory_limit} if memory_limit else {})}})
         try:
             with engine.connect() as conn:
                 duck = _unwrap(raw(conn))

@@ -1,0 +1,32 @@
+"""The catalogue's DuckDB settings: a memory cap from the config, nothing changeable by SQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from mirror.catalogue.engine import Catalogue
+
+
+def setting(cat: Catalogue, name: str) -> str:
+    with cat.begin() as conn:
+        return str(conn.exec_driver_sql(f"SELECT current_setting('{name}')").scalar_one())
+
+
+def test_memory_limit_from_the_config_caps_duckdb(tmp_path: Path) -> None:
+    with Catalogue.open(tmp_path / "m.duckdb", memory_limit="100MB") as cat:
+        capped = setting(cat, "memory_limit")
+    with Catalogue.open(tmp_path / "n.duckdb") as cat:
+        default = setting(cat, "memory_limit")
+    assert capped.endswith("MiB") and 90 <= float(capped.split()[0]) <= 100
+    assert capped != default
+
+
+def test_settings_cannot_be_changed_by_sql(tmp_path: Path) -> None:
+    with Catalogue.open(tmp_path / "m.duckdb", memory_limit="100MB") as cat:
+        with pytest.raises(sa.exc.DBAPIError, match="(?i)configuration.*locked|lock"):
+            with cat.begin() as conn:
+                conn.exec_driver_sql("SET memory_limit = '10GB'")
+        assert "MiB" in setting(cat, "memory_limit")
