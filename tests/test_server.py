@@ -600,3 +600,16 @@ def test_many_waiting_clients_do_not_starve_queries(client: TestClient) -> None:
     for t in waiters:
         t.join(10)
     assert not any(t.is_alive() for t in waiters)
+
+
+def test_tables_answer_one_table_by_name(client: TestClient) -> None:
+    r = client.get("/tables/ivoa.obscore")
+    assert r.status_code == 200
+    root = ET.fromstring(r.content)
+    assert root.tag == "{http://www.ivoa.net/xml/VOSITables/v1.0}table"
+    assert root.findtext("name") == "ivoa.obscore"
+    assert "s_ra" in [c.findtext("name") for c in root.iter("column")]
+    fk = ET.fromstring(client.get("/tables/TAP_SCHEMA.columns").content)
+    assert fk.find("foreignKey").findtext("targetTable") == "TAP_SCHEMA.tables"
+    missing = client.get("/tables/no.such")
+    assert missing.status_code == 404 and "no.such" in missing.text

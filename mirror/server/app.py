@@ -52,10 +52,14 @@ def build_app(ctx: ServiceContext) -> Starlette:
                         media_type=XML)
 
     async def tables(request: Request) -> Response:
+        name = request.path_params.get("name")
         try:
-            doc = await run_in_threadpool(_tableset, ctx)
+            doc = await run_in_threadpool(_tableset, ctx, name)
         except MirrorError as exc:
             return error_response(exc, ctx, 500)
+        if doc is None:
+            return PlainTextResponse(f"no table {name[:100]!r} here; GET /tables lists them",
+                                     status_code=404)
         return Response(doc, media_type=XML)
 
     async def examples(request: Request) -> Response:
@@ -86,7 +90,8 @@ def build_app(ctx: ServiceContext) -> Starlette:
               Route("/sync", sync_endpoint(ctx), methods=["GET", "POST"]),
               *uws.routes(store),
               Route("/capabilities", capabilities), Route("/availability", availability),
-              Route("/tables", tables), Route("/examples", examples),
+              Route("/tables", tables), Route("/tables/{name}", tables),
+              Route("/examples", examples),
               Route("/mirror/status", status), Route("/mirror/state", state),
               *product_routes(ctx)]
 
@@ -103,7 +108,7 @@ def build_app(ctx: ServiceContext) -> Starlette:
     return app
 
 
-def _tableset(ctx: ServiceContext) -> str:
+def _tableset(ctx: ServiceContext, only: str | None = None) -> str | None:
     def rows(adql: str) -> list[dict[str, Any]]:
         with ctx.runners.runner() as r:
             return r.query(adql, maxrec=1_000_000).arrow.to_pylist()
@@ -112,7 +117,7 @@ def _tableset(ctx: ServiceContext) -> str:
                          rows("SELECT * FROM TAP_SCHEMA.tables"),
                          rows("SELECT * FROM TAP_SCHEMA.columns"),
                          rows("SELECT * FROM TAP_SCHEMA.keys"),
-                         rows("SELECT * FROM TAP_SCHEMA.key_columns"))
+                         rows("SELECT * FROM TAP_SCHEMA.key_columns"), only)
 
 
 def _runs(ctx: ServiceContext, limit: int, source: str | None) -> list[dict[str, Any]]:

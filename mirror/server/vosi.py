@@ -126,10 +126,10 @@ def availability(up: bool, since: dt.datetime, note: str) -> str:
 
 
 def tableset(schemas: list[dict[str, Any]], tables: list[dict[str, Any]],
-             columns: list[dict[str, Any]], keys: list[dict[str, Any]] = (),  # type: ignore
-             key_columns: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
+             columns: list[dict[str, Any]], keys: list[dict[str, Any]],
+             key_columns: list[dict[str, Any]], only: str | None = None) -> str | None:
     """A VOSI 1.1 tableset from the rows of TAP_SCHEMA.schemas, .tables, .columns, .keys and
-    .key_columns."""
+    .key_columns; with `only`, the single-table document of that table (None if unknown)."""
     fks: dict[str, list[str]] = defaultdict(list)
     for k in keys:
         pairs = "".join(f"<fkColumn><fromColumn>{escape(c['from_column'])}</fromColumn>"
@@ -142,26 +142,38 @@ def tableset(schemas: list[dict[str, Any]], tables: list[dict[str, Any]],
     cols: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in sorted(columns, key=lambda c: (c.get("column_index") or 0)):
         cols[c["table_name"]].append(c)
+    if only is not None:
+        match = [t for t in tables if t["table_name"].lower() == only.lower()]
+        if not match:
+            return None
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                + _table(match[0], cols, fks, f'vosi:table {_TABLE_NS}'))
     by_schema: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for t in sorted(tables, key=lambda t: (t.get("table_index") or 0)):
         by_schema[t["schema_name"]].append(t)
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           '<vosi:tableset xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" '
-           f'xmlns:xsi="{XSI}" xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1">']
+    out = ['<?xml version="1.0" encoding="UTF-8"?>', f"<vosi:tableset {_TABLE_NS}>"]
     for s in schemas:
         out.append(f"<schema><name>{escape(s['schema_name'])}</name>"
                    + _opt("description", s.get("description")) + _opt("utype", s.get("utype")))
-        for t in by_schema.get(s["schema_name"], []):
-            out.append(f"<table type={quoteattr(t.get('table_type') or 'table')}>"
-                       f"<name>{escape(t['table_name'])}</name>"
-                       + _opt("description", t.get("description"))
-                       + _opt("utype", t.get("utype")))
-            out += [_column(c) for c in cols.get(t["table_name"], [])]
-            out += fks.get(t["table_name"], [])
-            out.append("</table>")
+        out += [_table(t, cols, fks, "table") for t in by_schema.get(s["schema_name"], [])]
         out.append("</schema>")
     out.append("</vosi:tableset>")
     return "\n".join(out)
+
+
+_TABLE_NS = ('xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" '
+             f'xmlns:xsi="{XSI}" xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1"')
+
+
+def _table(t: dict[str, Any], cols: dict[str, list[dict[str, Any]]],
+           fks: dict[str, list[str]], tag: str) -> str:
+    name = tag.split()[0]
+    return "\n".join([
+        f"<{tag} type={quoteattr(t.get('table_type') or 'table')}>"
+        f"<name>{escape(t['table_name'])}</name>" + _opt("description", t.get("description"))
+        + _opt("utype", t.get("utype")),
+        *(_column(c) for c in cols.get(t["table_name"], [])), *fks.get(t["table_name"], []),
+        f"</{name}>"])
 
 
 def _column(c: dict[str, Any]) -> str:
