@@ -613,3 +613,21 @@ def test_tables_answer_one_table_by_name(client: TestClient) -> None:
     assert fk.find("foreignKey").findtext("targetTable") == "TAP_SCHEMA.tables"
     missing = client.get("/tables/no.such")
     assert missing.status_code == 404 and "no.such" in missing.text
+
+
+def test_a_query_past_the_time_limit_is_stopped_with_a_clear_error(mirror: Mirror) -> None:
+    runners = RunnerPool(mirror.catalogue(write=True), 1, timeout=0.05)
+    ctx = make_ctx(mirror, runners=runners)
+    heavy = ("SELECT COUNT(*) AS n FROM ivoa.obscore AS a, ivoa.obscore AS b, ivoa.obscore AS c, "
+             "ivoa.obscore AS d, ivoa.obscore AS e, ivoa.obscore AS f "
+             "WHERE SIN(a.s_ra + b.s_dec + c.s_ra + d.s_dec + e.s_ra + f.s_dec) > 2")
+    with TestClient(build_app(ctx)) as c:
+        started = time.monotonic()
+        r = c.get("/sync", params={"LANG": "ADQL", "QUERY": heavy})
+        assert time.monotonic() - started < 10
+        [info] = [i for i in votable(r.content).resources[0].infos if i.name == "QUERY_STATUS"]
+        assert info.value == "ERROR" and "exceeded" in info.content
+        ok = c.get("/sync", params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 obs_id FROM "
+                                    "ivoa.obscore"})
+        assert status_of(votable(ok.content)) == ["OK"]  # the runner is usable again
+    ctx.close()
