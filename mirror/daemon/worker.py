@@ -203,6 +203,7 @@ class Worker:
                  extra={"event": "config.reloaded", "added": result.added,
                         "removed": result.removed, "changed": result.changed})
         self.state.set(reload_error=None, last_reload=iso(datetime.now(UTC)))
+        self._publish()  # new sources show in the state at once, with their next run
 
     def _store_notes(self) -> None:
         """Re-check product files changed by hand; re-queued ones are fetched right away."""

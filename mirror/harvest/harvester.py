@@ -136,9 +136,12 @@ class Harvester:
                                 errors="\n".join(report.errors) or None)
         return report
 
+    def _stopping(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
     def _check_cancel(self) -> None:
         """Raise at a safe point (after a committed window) when asked to stop."""
-        if self.cancel is not None and self.cancel.is_set():
+        if self._stopping():
             raise CancelledError("stopped on request", "the next sync resumes from its cursor")
 
     def _recluster(self, report: SyncReport) -> None:
@@ -168,8 +171,9 @@ class Harvester:
         self.limit_known = limits.hardlimit is not None
         with ThreadPoolExecutor(1, thread_name_prefix="mirror-tap-schema") as side:
             # TAP_SCHEMA is read while the rows are paged, and written at the end
-            tap_schema = side.submit(replicate_tap_schema, self.client, self.page)
-            examples = side.submit(read_examples, self.client)
+            tap_schema = side.submit(replicate_tap_schema, self.client, self.page,
+                                     cancel=self.cancel)
+            examples = side.submit(lambda: [] if self._stopping() else read_examples(self.client))
             start = self._prepare(report, dry_run=dry_run, full=full)
             self._pages(report, start, dry_run=dry_run)
             self._check_cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,17 @@ KEYS = {"schemas": (None, "schema_name"), "tables": (None, "table_name"),
         "key_columns": ("key_id", "from_column")}
 
 
-def replicate_tap_schema(client: TapClient, page: int) -> dict[str, list[dict[str, Any]]]:
+def replicate_tap_schema(client: TapClient, page: int, *,
+                         cancel: threading.Event | None = None) -> dict[str, list[dict[str, Any]]]:
     """Every row of the five TAP_SCHEMA tables, paged past the service's row limit; a table
-    the service lacks comes back empty."""
+    the service lacks comes back empty. Once `cancel` is set it stops asking (the harvest that
+    wanted the result is stopping and will not use it)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for name in TAP_SCHEMA_TABLES:
+        if cancel is not None and cancel.is_set():
+            break
         try:
-            out[name] = _read(client, f"TAP_SCHEMA.{name}", KEYS[name], page)
+            out[name] = _read(client, f"TAP_SCHEMA.{name}", KEYS[name], page, cancel)
         except MirrorError as exc:
             log.warning("could not read TAP_SCHEMA.%s of %s: %s", name, client.url, exc.message)
             out[name] = []
@@ -36,12 +41,12 @@ def replicate_tap_schema(client: TapClient, page: int) -> dict[str, list[dict[st
 
 
 def _read(client: TapClient, table: str, key: tuple[str | None, str],
-          page: int) -> list[dict[str, Any]]:
+          page: int, cancel: threading.Event | None = None) -> list[dict[str, Any]]:
     names = [c.name for c in client.columns(table)]
     first, last = key
     rows: list[dict[str, Any]] = []
     start: plan.Key | None = None
-    while True:
+    while cancel is None or not cancel.is_set():
         query = plan.page_query(table, names, "", first, last, start, page)
         batch = table_rows(client.table(query, maxrec=page))
         if not batch:
@@ -49,6 +54,7 @@ def _read(client: TapClient, table: str, key: tuple[str | None, str],
         rows.extend(batch)
         tail = batch[-1]
         start = plan.Key(tail.get(first.lower()) if first else None, tail[last.lower()])
+    return rows
 
 
 def table_rows(table: Table) -> list[dict[str, Any]]:

@@ -276,8 +276,26 @@ def test_modified_and_deleted_records_are_followed(daemon: DaemonProcess, evolve
     assert deleted <= set(local_dids(daemon, "ivoa.obscore_withdrawn"))
 
 
+def settled(d: DaemonProcess) -> dict[str, dict[str, str]]:
+    """The products once two runs in a row changed none of them (earlier evolve steps may
+    still be being fetched)."""
+    def runs() -> int:
+        return sum(1 for e in d.events() if e.get("event") == "sync.done"
+                   and e.get("source") == "dachs")
+
+    before = products(d)
+    for _ in range(10):
+        n = runs()
+        wait_until("two more runs", lambda n=n: runs() >= n + 2, timeout=60)
+        after = products(d)
+        if after == before:
+            return after
+        before = after
+    raise AssertionError("the products never settled")
+
+
 def test_a_deleted_stored_file_is_fetched_again(daemon: DaemonProcess):
-    done = {k: p for k, p in products(daemon).items() if p["state"] == "done"}
+    done = {k: p for k, p in settled(daemon).items() if p["state"] == "done"}
     victim_id, victim = sorted(done.items())[0]
     others = {k: p["fetched_at"] for k, p in done.items() if k != victim_id}
     path = daemon.config.parent / "data/store" / victim["path"]
@@ -321,6 +339,12 @@ def test_a_config_edit_adds_a_source_without_restart_and_a_bad_one_is_refused(
     assert state["reload_error"] is None and set(state["sources"]) == {"dachs", "dachs_harps"}
     reloaded = [e for e in daemon.events() if e.get("event") == "config.reloaded"]
     assert reloaded and reloaded[-1]["added"] == ["dachs_harps"]
+    daemon.signal(signal.SIGHUP)  # `systemctl reload`: the same file read again, nothing new
+    wait_until("SIGHUP to reload", lambda: len([
+        e for e in daemon.events() if e.get("event") == "config.reloaded"]) > len(reloaded))
+    last = [e for e in daemon.events() if e.get("event") == "config.reloaded"][-1]
+    assert last["added"] == last["removed"] == last["changed"] == []
+    assert daemon.proc.poll() is None
 
 
 def test_upstream_down_backs_off_shows_it_and_recovers(daemon: DaemonProcess, proxy: TcpProxy):
