@@ -16,8 +16,8 @@ Command = Callable[[str, str], argparse.ArgumentParser]
 
 def register(command: Command) -> None:
     """Add this module's subcommands; each parser sets `handler` (mirror, args) -> exit code."""
-    parser = command("daemon", help="keep the sources in sync: scheduled syncs and fetches, "
-                                    "config and store watched, the catalogue served meanwhile")
+    parser = command("daemon", "keep the sources in sync: scheduled syncs and fetches, "
+                               "config and store watched, the catalogue served meanwhile")
     parser.add_argument("--log-format", choices=["text", "json"], default="text",
                         help="log lines for people (text) or one JSON object per line")
     parser.add_argument("--once", action="store_true",

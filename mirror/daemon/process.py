@@ -145,7 +145,7 @@ class Daemon:
             log.info("SIGHUP: reading the config again", extra={"event": "config.sighup"})
             self._config_changed()
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for sig, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop),
                              (signal.SIGHUP, hup)):
             previous[sig] = signal.signal(sig, handler)
