@@ -68,28 +68,17 @@ def export_spectra(mirror: Mirrored, out: str | os.PathLike[str], *, grid: Grid,
     selection = select(mirror, where, wanted_columns(mirror, columns))
     reasons = {i.row: i.reason for i in selection.items if i.reason}
     jobs = [worker.Job(i.row, i.path, i.sha256) for i in selection.items if i.path]
-    n = grid.n
-    block = max(1, min(4096, BLOCK_BYTES // (n * 9)))
-    centres = grid.centres()
-    writer = open_writer(fmt, folder, centres, block)
-    outcomes: list[worker.Outcome] = []
+    block = max(1, min(4096, BLOCK_BYTES // (grid.n * 9)))
+    writer = open_writer(fmt, folder, grid.centres(), block)
+    total, unstored = len(selection.items), len(selection.items) - len(jobs)
+
+    def tick(done: int) -> None:
+        if progress:
+            progress(unstored + done, total, len(reasons))
+
     try:
-        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        buffered = 0
-        for batch in _batches(jobs, grid, normalize, n, workers):
-            outcomes += batch.outcomes
-            reasons.update({o.row: o.reason for o in batch.outcomes if o.reason})
-            if len(batch.flux):
-                pending.append((batch.flux, batch.error, batch.mask))
-                buffered += len(batch.flux)
-            while buffered >= block or (buffered and not writer.blocked):
-                pending, buffered = _flush(writer, pending, block if writer.blocked
-                                           else buffered)
-            if progress:
-                progress(len(outcomes) + len(selection.items) - len(jobs),
-                         len(selection.items), len(reasons))
-        if buffered:
-            _flush(writer, pending, buffered)
+        outcomes = _write_rows(writer, _batches(jobs, grid, normalize, workers), block,
+                               reasons, tick)
         writer.close()
     except BaseException:
         writer.abort()
@@ -108,14 +97,41 @@ def export_spectra(mirror: Mirrored, out: str | os.PathLike[str], *, grid: Grid,
     write_json(folder, meta)
     for other in set(NAMES.values()) - {NAMES[fmt]}:  # an earlier export in another format
         remove(folder / other)
+    return SpectraReport(str(folder), len(selection.items), len(exported), len(reasons),
+                         time.perf_counter() - started,
+                         [NAMES[fmt], "manifest.parquet", "rejects.csv", "export.json"],
+                         _tally(reasons))
+
+
+def _write_rows(writer: Any, batches: Iterator[worker.Batch], block: int,
+                reasons: dict[int, str], tick: Callable[[int], object]
+                ) -> list[worker.Outcome]:
+    """Hand the exported rows to `writer` in order, in blocks of `block` rows when its
+    layout follows them; collect the outcomes and the reasons of the rejected."""
+    outcomes: list[worker.Outcome] = []
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    buffered = 0
+    for batch in batches:
+        outcomes += batch.outcomes
+        reasons.update({o.row: o.reason for o in batch.outcomes if o.reason})
+        if len(batch.flux):
+            pending.append((batch.flux, batch.error, batch.mask))
+            buffered += len(batch.flux)
+        while buffered >= block or (buffered and not writer.blocked):
+            pending, buffered = _flush(writer, pending, block if writer.blocked else buffered)
+        tick(len(outcomes))
+    if buffered:
+        _flush(writer, pending, buffered)
+    return outcomes
+
+
+def _tally(reasons: dict[int, str]) -> dict[str, int]:
+    """How many rejects per kind of reason (the text before any colon)."""
     counts: dict[str, int] = {}
     for reason in reasons.values():
         key = reason.split(":")[0]
         counts[key] = counts.get(key, 0) + 1
-    return SpectraReport(str(folder), len(selection.items), len(exported), len(reasons),
-                         time.perf_counter() - started,
-                         [NAMES[fmt], "manifest.parquet", "rejects.csv", "export.json"],
-                         counts)
+    return counts
 
 
 def _computed(exported: list[worker.Outcome], selection: Any,
@@ -146,11 +162,11 @@ def _flush(writer: Any, pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     return ([(rest[0], rest[1], rest[2])] if left else []), left
 
 
-def _batches(jobs: list[worker.Job], grid: Grid, normalize: str, n: int,
+def _batches(jobs: list[worker.Job], grid: Grid, normalize: str,
              workers: int | None) -> Iterator[worker.Batch]:
     """Batches of processed jobs in job order: in this process for few jobs, else a pool
     with a bounded number of tasks in flight (memory stays bounded)."""
-    size = max(1, min(64, TASK_BYTES // (n * 9)))
+    size = max(1, min(64, TASK_BYTES // (grid.n * 9)))
     tasks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     count = workers if workers is not None else (os.cpu_count() or 1)
     if count <= 1 or len(jobs) < IN_PROCESS_BELOW:
