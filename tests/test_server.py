@@ -631,3 +631,24 @@ def test_a_query_past_the_time_limit_is_stopped_with_a_clear_error(mirror: Mirro
                                     "ivoa.obscore"})
         assert status_of(votable(ok.content)) == ["OK"]  # the runner is usable again
     ctx.close()
+
+
+def test_abort_stops_a_running_job_and_spares_the_next_query(mirror: Mirror) -> None:
+    ctx = make_ctx(mirror, runners=RunnerPool(mirror.catalogue(write=True), 1, timeout=30))
+    heavy = ("SELECT COUNT(*) AS n FROM ivoa.obscore AS a, ivoa.obscore AS b, ivoa.obscore AS c, "
+             "ivoa.obscore AS d, ivoa.obscore AS e, ivoa.obscore AS f "
+             "WHERE SIN(a.s_ra + b.s_dec + c.s_ra + d.s_dec + e.s_ra + f.s_dec) > 2")
+    with TestClient(build_app(ctx)) as c:
+        url = c.post("/async", data={"LANG": "ADQL", "QUERY": heavy, "PHASE": "RUN"},
+                     follow_redirects=False).headers["location"]
+        job = job_doc(c, url, WAIT="5", PHASE="QUEUED")
+        assert job.findtext(f"{UWS}phase") == "EXECUTING"
+        started = time.monotonic()
+        c.post(url + "/phase", data={"PHASE": "ABORT"})
+        assert c.get(url + "/phase").text == "ABORTED"
+        r = c.get("/sync", params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 obs_id FROM "
+                                   "ivoa.obscore"})  # waits for the one runner, then runs
+        assert status_of(votable(r.content)) == ["OK"]
+        assert time.monotonic() - started < 10, "the aborted query kept its runner"
+        assert c.get(url + "/phase").text == "ABORTED"
+    ctx.close()

@@ -20,12 +20,16 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w:/])/(?:[\w.-]+/)+[\w.-]*")
 
 def run(ctx: ServiceContext, tq: TapQuery, *, timeout: float | None = None,
         wait: float | None = None,
-        started: Callable[[Runner], None] | None = None) -> tuple[bytes, bool]:
+        started: Callable[[Runner | None], None] | None = None) -> tuple[bytes, bool]:
     """The result document of `tq` and whether MAXREC cut it; raises MirrorError."""
     with ctx.runners.runner(wait) as runner:
         if started is not None:
             started(runner)
-        result = runner.query(tq.query, maxrec=tq.maxrec, timeout=timeout)
+        try:
+            result = runner.query(tq.query, maxrec=tq.maxrec, timeout=timeout)
+        finally:
+            if started is not None:
+                started(None)  # before the runner goes back: no abort may reach its next query
     arrow = localise(result.arrow, ctx)  # outside the slot: the next query may run meanwhile
     return render(result, arrow, tq.format, [("QUERY", tq.query.strip())]), result.overflow
 

@@ -131,10 +131,21 @@ class JobStore:
         with self._changed:
             if job.phase in FINAL:
                 return
-            runner = self._running.get(job.id)
+            running = job.id in self._running
             self._set(job, "ABORTED", ended=_iso(now()))
-        if runner is not None:
-            runner.con.interrupt()
+        if running:
+            threading.Thread(target=self._interrupt, args=(job.id,), daemon=True).start()
+
+    def _interrupt(self, job_id: str) -> None:
+        """Interrupt the job's query until its runner is let go: an interrupt that lands while
+        the query is still being translated is lost, so it is repeated."""
+        while True:
+            with self._changed:  # under the lock: the runner is still on this job's query
+                runner = self._running.get(job_id)
+                if runner is None:
+                    return
+                runner.con.interrupt()
+            time.sleep(0.02)
 
     def delete(self, job: Job) -> None:
         self.abort(job)
@@ -185,9 +196,11 @@ class JobStore:
         if job.phase != "QUEUED":
             return
 
-        def started(runner: Runner) -> None:
+        def started(runner: Runner | None) -> None:
             with self._changed:
-                if job.phase == "QUEUED":
+                if runner is None:  # the query ended; the runner is about to serve others
+                    self._running.pop(job.id, None)
+                elif job.phase == "QUEUED":
                     self._running[job.id] = runner
                     self._set(job, "EXECUTING", started=_iso(now()))
 
