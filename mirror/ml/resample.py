@@ -2,10 +2,11 @@
 
 Flux is taken as constant over each input pixel (edges halfway between centres, as specutils'
 FluxConservingResampler does); an output pixel gets the integral of flux over its span divided
-by its width, read off the cumulative integral at the output edges, so the cost is
+by its width, from the cumulative integral over the input pixels, so the cost is
 O(input + output) with no weight matrix. The error follows as variance over the same weights:
 var_out = sum_i (overlap_i * err_i)^2 / width_out^2, from a cumulative sum of (width_i*err_i)^2
-plus the two partly covered input pixels at the ends.
+plus the two partly covered input pixels at the ends. A bin inside one input pixel (most of
+them on a finer grid) simply takes that pixel's flux and error.
 """
 
 from __future__ import annotations
@@ -47,19 +48,30 @@ def resample(wave: np.ndarray, flux: np.ndarray, error: np.ndarray | None,
     lo_all, hi_all = edges[:-1], edges[1:]
     covered = (lo_all >= e_in[0] - tol) & (hi_all <= e_in[-1] + tol)
     a = np.clip(edges, e_in[0], e_in[-1])
-    # one search serves the flux, the bad-pixel and the variance integrals
-    idx = np.clip(np.searchsorted(e_in, a, side="right") - 1, 0, wave.size - 1)
+    idx = _pixel_of(e_in, a)
+    ia, ib = idx[:-1], idx[1:]
+    # a bin inside one input pixel takes its values as they are; only the bins that span an
+    # input edge (all of them on a coarser grid, ~1/k of them on a k times finer one) sum
+    cross = np.flatnonzero(ia != ib)
     out_width = np.diff(edges)
-    flux_out = np.diff(_integral(f * width, f, e_in, a, idx)) / out_width
+    flux_out = f[ia]
+    flux_out[cross] = _spanning(e_in, f, f * width, a, ia[cross], ib[cross], cross, 1) / (
+        out_width[cross])
     mask = ~covered
-    if bad.any():  # rare: skip a second integral over the grid when every pixel is good
+    if bad.any():  # rare: skip a second pass over the grid when every pixel is good
         badf = bad.astype(np.float64)
-        mask |= np.diff(_integral(badf * width, badf, e_in, a, idx)) > 0
+        touched = badf[ia] > 0
+        touched[cross] = _spanning(e_in, badf, badf * width, a, ia[cross], ib[cross],
+                                   cross, 1) > 0
+        mask |= touched
     if error is None:
         err_out = np.full(flux_out.shape, np.nan)
     else:
         var = np.where(bad, 0.0, error).astype(np.float64) ** 2
-        err_out = np.sqrt(_variance(e_in, var, a, idx)) / out_width
+        var_out = var[ia]
+        var_out[cross] = _spanning(e_in, var, var * width ** 2, a, ia[cross], ib[cross],
+                                   cross, 2) / out_width[cross] ** 2
+        err_out = np.sqrt(var_out)
     flux_out[mask] = np.nan
     err_out[mask] = np.nan
     return Resampled(flux_out, err_out, mask)
@@ -84,23 +96,25 @@ def _cumulative(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _integral(per_pixel: np.ndarray, density: np.ndarray, e_in: np.ndarray, a: np.ndarray,
-              idx: np.ndarray) -> np.ndarray:
-    """The integral from the first input edge to each `a` (in input pixel `idx`)."""
-    return _cumulative(per_pixel)[idx] + (a - e_in[idx]) * density[idx]
+def _pixel_of(e_in: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """The input pixel [e_i, e_i+1) holding each of the sorted `a` (clipped to the last)."""
+    if a.size > 4 * e_in.size:  # a much finer grid: place the few input edges instead
+        first = np.searchsorted(a, e_in, side="left")  # a[j] >= e_k from j = first[k] on
+        idx = np.cumsum(np.bincount(first, minlength=a.size + 1)[:a.size]) - 1
+    else:
+        idx = np.searchsorted(e_in, a, side="right") - 1
+    return np.clip(idx, 0, e_in.size - 2)
 
 
-def _variance(e_in: np.ndarray, var_in: np.ndarray, a: np.ndarray,
-              idx: np.ndarray) -> np.ndarray:
-    """sum_i overlap_i^2 var_i for each output bin [a_j, a_j+1] (a clipped to the input)."""
-    c2 = _cumulative(var_in * np.diff(e_in) ** 2)
-    ia, ib = idx[:-1], idx[1:]
-    lo, hi = a[:-1], a[1:]
-    same = (hi - lo) ** 2 * var_in[ia]
-    head = (e_in[ia + 1] - lo) ** 2 * var_in[ia]
-    tail = (hi - e_in[ib]) ** 2 * var_in[ib]
-    full = c2[ib] - c2[np.minimum(ia + 1, ib)]
-    return np.where(ia == ib, same, head + full + tail)
+def _spanning(e_in: np.ndarray, density: np.ndarray, per_pixel: np.ndarray, a: np.ndarray,
+              ia: np.ndarray, ib: np.ndarray, bins: np.ndarray, power: int) -> np.ndarray:
+    """sum over input pixels of overlap^power * density for bins [a_j, a_j+1] spanning input
+    pixels ia..ib: the partly covered first and last pixels plus the whole ones between,
+    from the cumulative sum of `per_pixel` (= width^power * density)."""
+    lo, hi = a[bins], a[bins + 1]
+    whole = _cumulative(per_pixel)
+    return ((e_in[ia + 1] - lo) ** power * density[ia] + (whole[ib] - whole[ia + 1])
+            + (hi - e_in[ib]) ** power * density[ib])
 
 
 def to_grid_axis(wave: np.ndarray, wave_unit: str, flux: np.ndarray, error: np.ndarray | None,
