@@ -30,7 +30,7 @@ def synthetic_export(folder: Path, n: int = 60, pixels: int = 200, fmt: str = "n
     mask = np.zeros(flux.shape, bool)
     mask[:3, :5] = True  # a few spectra start later
     folder.mkdir(parents=True)
-    writer = open_writer(fmt, folder, wave, 16)
+    writer = open_writer(fmt, folder, wave, 16, n)
     for i in range(0, n, 16):
         writer.append(flux[i:i + 16].astype("f4"), np.full((min(16, n - i), pixels), 0.01, "f4"),
                       mask[i:i + 16])

@@ -210,7 +210,7 @@ def test_containers_write_the_same_bytes_twice_and_read_back(fmt: str, tmp_path:
     for run_ in ("a", "b"):
         folder = tmp_path / run_
         folder.mkdir()
-        writer = open_writer(fmt, folder, wavelength, 8)
+        writer = open_writer(fmt, folder, wavelength, 8, 25)
         for block in blocks:
             writer.append(*block)
         writer.close()

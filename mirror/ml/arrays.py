@@ -1,29 +1,30 @@
 """Chunked (spectra x pixels) arrays of flux, error and mask, written row block by row block.
 
-Four containers: Parquet (fixed-size list columns, one row group per block), NumPy .npz,
-HDF5 and Zarr. Each file is written under a temporary name and renamed when complete, and
-nothing in it depends on the clock or the machine: the same rows give the same bytes
-(deterministic codecs, no timestamps: HDF5 with `track_times=False`, zip entries dated 1980).
+Four containers: NumPy .npz (written in place, mirror.ml.npz), Parquet (fixed-size list
+columns, one row group per block), HDF5 and Zarr. Each file is written under a temporary name
+and renamed when complete, and nothing in it depends on the clock or the machine: the same
+rows give the same bytes (deterministic codecs, no timestamps: HDF5 with `track_times=False`,
+zip entries dated 1980).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import zipfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mirror.ml.npz import InPlaceNpz
 
 FORMATS = ("npz", "parquet", "hdf5", "zarr")  # npz first: the cheapest for the one writer
 NAMES = {"parquet": "spectra.parquet", "npz": "spectra.npz", "hdf5": "spectra.h5",
          "zarr": "spectra.zarr"}
 ARRAYS = ("flux", "error", "mask")
 DTYPES = {"flux": np.dtype("<f4"), "error": np.dtype("<f4"), "mask": np.dtype("bool")}
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 class ArrayWriter(Protocol):
@@ -36,12 +37,14 @@ class ArrayWriter(Protocol):
     def abort(self) -> None: ...
 
 
-def open_writer(fmt: str, folder: Path, wavelength: np.ndarray, chunk_rows: int
-                ) -> ArrayWriter:
-    """A writer of `fmt` for rows of len(wavelength) pixels, in blocks of `chunk_rows`."""
+def open_writer(fmt: str, folder: Path, wavelength: np.ndarray, chunk_rows: int,
+                max_rows: int) -> ArrayWriter:
+    """A writer of `fmt` for at most `max_rows` rows of len(wavelength) pixels, in blocks of
+    `chunk_rows`."""
     target = folder / NAMES[fmt]
-    writers: dict[str, type[ArrayWriter]] = {"parquet": _Parquet, "npz": _Npz,
-                                             "hdf5": _Hdf5, "zarr": _Zarr}
+    if fmt == "npz":
+        return _Npz(target, wavelength, chunk_rows, max_rows)
+    writers: dict[str, type[ArrayWriter]] = {"parquet": _Parquet, "hdf5": _Hdf5, "zarr": _Zarr}
     return writers[fmt](target, wavelength, chunk_rows)  # type: ignore[call-arg]
 
 
@@ -96,55 +99,25 @@ class _Parquet:
 
 
 class _Npz:
-    """Rows go to one raw temp file per array; close writes the .npy entries into the zip,
-    streamed, with a fixed date, so memory stays one block however many rows."""
+    """Each block goes straight to its place in the final .npz (see mirror.ml.npz): written
+    once, memory one block however many rows."""
+
     blocked = False  # a byte stream: any blocking gives the same file
 
-    def __init__(self, target: Path, wavelength: np.ndarray, chunk_rows: int) -> None:
-        self.target, self.wavelength, self.rows = target, wavelength, 0
-        self.raw = {name: _partial(target.with_name(f"{target.name}.{name}"))
-                    for name in ARRAYS}
-        self.files = {name: open(path, "wb") for name, path in self.raw.items()}  # noqa: SIM115
+    def __init__(self, target: Path, wavelength: np.ndarray, chunk_rows: int,
+                 max_rows: int) -> None:
+        self.target, self.tmp, self.wavelength = target, _partial(target), wavelength
+        self.npz = InPlaceNpz(self.tmp, DTYPES, wavelength.size, max_rows)
 
     def append(self, flux: np.ndarray, error: np.ndarray, mask: np.ndarray) -> None:
-        for name, a in zip(ARRAYS, (flux, error, mask), strict=True):
-            self.files[name].write(np.ascontiguousarray(a, DTYPES[name]).tobytes())
-        self.rows += len(flux)
+        self.npz.append({"flux": flux, "error": error, "mask": mask})
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        tmp = _partial(self.target)
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name in ARRAYS:
-                shape = (self.rows, self.wavelength.size)
-                with open(self.raw[name], "rb") as src:
-                    self._entry(zf, name, DTYPES[name], shape, src)
-            self._entry(zf, "wavelength", np.dtype("<f8"), self.wavelength.shape,
-                        None, self.wavelength.astype("<f8").tobytes())
-        _replace(tmp, self.target)
-        for path in self.raw.values():
-            path.unlink()
-
-    @staticmethod
-    def _entry(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...],
-               src: Any, data: bytes | None = None) -> None:
-        info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-        info.compress_type = zipfile.ZIP_STORED
-        with zf.open(info, "w", force_zip64=True) as out:
-            np.lib.format.write_array_header_1_0(
-                out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                      "shape": shape})
-            if data is not None:
-                out.write(data)
-            else:
-                shutil.copyfileobj(src, out, 1 << 22)
+        self.npz.close({"wavelength": self.wavelength.astype("<f8")})
+        _replace(self.tmp, self.target)
 
     def abort(self) -> None:
-        for f in self.files.values():
-            f.close()
-        for path in self.raw.values():
-            path.unlink(missing_ok=True)
+        self.npz.abort()
 
 
 class _Hdf5:

@@ -69,7 +69,7 @@ def export_spectra(mirror: Mirrored, out: str | os.PathLike[str], *, grid: Grid,
     reasons = {i.row: i.reason for i in selection.items if i.reason}
     jobs = [worker.Job(i.row, i.path, i.sha256) for i in selection.items if i.path]
     block = max(1, min(4096, BLOCK_BYTES // (grid.n * 9)))
-    writer = open_writer(fmt, folder, grid.centres(), block)
+    writer = open_writer(fmt, folder, grid.centres(), block, len(jobs))
     total, unstored = len(selection.items), len(selection.items) - len(jobs)
 
     def tick(done: int) -> None:

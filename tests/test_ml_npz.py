@@ -1,0 +1,47 @@
+"""The in-place .npz: valid zip (CRCs checked by zipfile), what numpy reads back, holes left
+by rows that never came, and the CRC combination it rests on."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mirror.ml.npz import NPY_HEADER, InPlaceNpz, crc32_combine, npy_header
+
+
+@pytest.mark.parametrize(("a", "b"), [(0, 1), (1, 0), (17, 4096), (70_000, 3), (5, 1 << 20)])
+def test_crc32_combine_equals_the_crc_of_the_concatenation(a: int, b: int) -> None:
+    left, right = os.urandom(a), os.urandom(b)
+    assert crc32_combine(zlib.crc32(left), zlib.crc32(right), b) == zlib.crc32(left + right)
+
+
+def test_rows_written_in_blocks_read_back_with_numpy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    flux = rng.normal(size=(23, 40)).astype("<f4")
+    mask = rng.random((23, 40)) > 0.7
+    path = tmp_path / "x.npz"
+    npz = InPlaceNpz(path, {"flux": np.dtype("<f4"), "mask": np.dtype("bool")}, 40, 100)
+    for start in range(0, 23, 6):
+        npz.append({"flux": flux[start:start + 6], "mask": mask[start:start + 6]})
+    npz.close({"wavelength": np.linspace(1, 2, 40)})
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None  # every entry's CRC-32 checks
+        assert zf.namelist() == ["flux.npy", "mask.npy", "wavelength.npy"]
+    loaded = np.load(path)
+    np.testing.assert_array_equal(loaded["flux"], flux)
+    np.testing.assert_array_equal(loaded["mask"], mask)
+    np.testing.assert_array_equal(loaded["wavelength"], np.linspace(1, 2, 40))
+    # room for 77 rows that never came is a hole, not bytes on disk
+    assert os.stat(path).st_blocks * 512 < os.stat(path).st_size
+
+
+def test_npy_headers_have_a_fixed_length_and_refuse_what_does_not_fit() -> None:
+    header = npy_header(np.dtype("<f4"), (123_456_789, 62_001))
+    assert len(header) == NPY_HEADER and header.endswith(b"\n")
+    with pytest.raises(ValueError, match="does not fit"):
+        npy_header(np.dtype("<f4"), tuple(range(1000, 1040)))
