@@ -27,7 +27,7 @@ from mirror.schema import load
 from mirror.schema.examples import checked_examples
 from mirror.schema.explain import explain_ucd, explain_unit, ucd_words
 from mirror.schema.markdown import render
-from mirror.schema.profiles import refresh_profiles
+from mirror.schema.profiles import profile_table, refresh_profiles
 from mirror.schema.search import highlight_spans, search, suggestions
 from mirror.schema.site import build_site, page_name
 from mirror.schema.standards import OBSCORE
@@ -175,6 +175,26 @@ def test_profiles_on_demand_replace_and_cover_every_mirrored_table(mirror: Mirro
     columns = dict(direct(mirror, "SELECT table_name, count(*) FROM TAP_SCHEMA.columns "
                                   "GROUP BY 1"))
     assert {t: n for t, n in counted} == {t: columns[t] for t, _ in counted}
+
+
+def test_one_source_union_profile_is_derived_and_equals_a_scan(mirror: Mirror) -> None:
+    refresh_profiles(mirror.catalogue())
+    cols = ("column_name, local_type, row_count, null_count, distinct_approx, min_value, "
+            "max_value")
+    derived = direct(mirror, f"SELECT {cols} FROM column_profiles "
+                             "WHERE table_name = 'ivoa.obscore' ORDER BY 1")
+    sky = ("row_count, column_count, positions, moc, sky_fraction, t_min_mjd, t_max_mjd")
+    derived_sky = direct(mirror, f"SELECT {sky} FROM table_profiles "
+                                 "WHERE table_name = 'ivoa.obscore'")
+    with mirror.catalogue().begin() as conn:
+        profile_table(conn, "ivoa.obscore")  # the scan the derivation saves
+    scanned = direct(mirror, f"SELECT {cols} FROM column_profiles "
+                             "WHERE table_name = 'ivoa.obscore' ORDER BY 1")
+    scanned_sky = direct(mirror, f"SELECT {sky} FROM table_profiles "
+                                 "WHERE table_name = 'ivoa.obscore'")
+    assert derived == scanned and len(derived) > 40
+    assert derived_sky == scanned_sky and derived_sky[0][0] == 50
+    assert ("mirror_source", "VARCHAR", 50, 0, 1, "fake", "fake") in derived
 
 
 # -- units and UCDs in words --------------------------------------------------------------------

@@ -27,7 +27,7 @@ from mocpy import MOC
 
 from mirror.catalogue.engine import Catalogue, utcnow
 from mirror.catalogue.models import column_profiles, table_profiles
-from mirror.catalogue.obscore import HPX_COLUMN, HPX_DEPTH, q
+from mirror.catalogue.obscore import HPX_COLUMN, HPX_DEPTH, SOURCE_COLUMN, q
 from mirror.query.tables import local_name
 from mirror.schema.model import bare
 
@@ -37,6 +37,7 @@ EXAMPLES = 5
 TEXT_MAX = 120            # longer values (polygons, long descriptions) are cut in the profile
 MOC_DEPTH = 10            # ~3.4 arcmin cells; coarsened while the serialisation is too long
 MOC_MAX_CHARS = 100_000
+UNION = "ivoa.obscore"
 # types with no useful order or no text form: counted, never min/max'ed
 _UNORDERED = ("BLOB", "STRUCT", "MAP", "UNION", "[]")
 
@@ -62,11 +63,20 @@ def refresh_profiles(cat: Catalogue, tables: list[str] | None = None) -> list[Pr
     """Recompute the profiles of `tables` (default: every mirrored table); one transaction per
     table, so readers see a table's old profile or its new one, never half of each."""
     with cat.begin() as conn:
-        chosen = profiled_tables(conn) if tables is None else tables
+        every = profiled_tables(conn)
+    chosen = every if tables is None else tables
+    # with one source, ivoa.obscore holds exactly its rows: derive, don't scan them twice
+    sources = [t for t in every if not t.lower().startswith("ivoa.")]
+    derive = UNION in chosen and len(sources) == 1 and sources[0] in chosen
     reports = []
     for name in chosen:
+        if derive and name == UNION:
+            continue
         with cat.begin() as conn:
             reports.append(profile_table(conn, name))
+    if derive:
+        with cat.begin() as conn:
+            reports.append(derive_union_profile(conn, sources[0]))
     with cat.begin() as conn:  # tables that no longer exist keep no profile
         for model in (column_profiles, table_profiles):
             conn.execute(model.delete().where(model.c.table_name.not_in(
@@ -112,6 +122,35 @@ def profile_table(conn: sa.Connection, table: str) -> ProfileReport:
         seconds=seconds, computed_at=now))
     log.info("profiled %s: %d rows, %d columns in %.2f s", table, total, len(types), seconds)
     return ProfileReport(table, total, len(types), seconds)
+
+
+def derive_union_profile(conn: sa.Connection, source_table: str) -> ProfileReport:
+    """The profile of `ivoa.obscore` when one source fills it: the source table's profile, plus
+    the `mirror_source` column (one value, the source's name)."""
+    started = time.perf_counter()
+    source = source_table.partition(".")[0]
+    for model in (column_profiles, table_profiles):
+        conn.execute(model.delete().where(model.c.table_name == UNION))
+    names = [c.name for c in column_profiles.c if c.name != "table_name"]
+    conn.execute(column_profiles.insert().from_select(
+        ["table_name", *names],
+        sa.select(sa.literal(UNION), *(column_profiles.c[n] for n in names))
+        .where(column_profiles.c.table_name == source_table)))
+    row = conn.execute(sa.select(table_profiles).where(
+        table_profiles.c.table_name == source_table)).mappings().first()
+    total = int(row["row_count"]) if row else 0
+    conn.execute(column_profiles.insert().values(
+        table_name=UNION, column_name=SOURCE_COLUMN, local_type="VARCHAR", row_count=total,
+        null_count=0, null_fraction=0.0 if total else None, distinct_approx=1 if total else 0,
+        min_value=source if total else None, max_value=source if total else None,
+        examples=json.dumps([source] if total else []), computed_at=utcnow()))
+    columns = 1 + int(conn.execute(sa.select(sa.func.count()).where(
+        column_profiles.c.table_name == source_table)).scalar_one())
+    if row:
+        conn.execute(table_profiles.insert().values(
+            {**row, "table_name": UNION, "column_count": columns,
+             "seconds": time.perf_counter() - started}))
+    return ProfileReport(UNION, total, columns, time.perf_counter() - started)
 
 
 def _column_types(conn: sa.Connection, local: str) -> dict[str, str]:
