@@ -159,7 +159,7 @@ def main() -> None:
         sizes = sorted({max(1, len(files) // 4), len(files)})
         runs: dict[tuple[str, int], tuple[float, float]] = {}
         for n in sizes:
-            for label in ("plain", "mirror"):
+            for label in ("mirror", "plain"):
                 runs[label, n] = run(label, files[:n], cfg, args.grid, tmp / f"{label}{n}")
         report(runs, sizes, args.grid)
 
