@@ -91,12 +91,12 @@ def export_cutouts(mirror: Mirrored, out: str | os.PathLike[str], *, targets: An
     chosen = targets if isinstance(targets, list) else read_targets(targets)
     if pick not in PICK_RULES or centre not in ("exact", "nearest"):
         raise ExportError(f"unknown --pick {pick!r} or --centre {centre!r}")
+    if unit == "arcsec" and centre == "nearest":
+        raise ExportError("--arcsec resamples the images", "use --centre exact with it")
     folder = prepare_folder(Path(out))
     finder = _Finder(mirror, where)
     root = Path(mirror.config.store_root).resolve()
     n, arcsec = _pixels(size, unit, finder)
-    if unit == "arcsec" and centre == "nearest":
-        raise ExportError("--arcsec resamples the images", "use --centre exact with it")
     writer = NpyWriter(folder / ARRAY, (n, n), "<f4")
     rows: list[dict[str, Any]] = []
     reasons: dict[int, str] = {}
