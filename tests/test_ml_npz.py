@@ -45,3 +45,18 @@ def test_npy_headers_have_a_fixed_length_and_refuse_what_does_not_fit() -> None:
     assert len(header) == NPY_HEADER and header.endswith(b"\n")
     with pytest.raises(ValueError, match="does not fit"):
         npy_header(np.dtype("<f4"), tuple(range(1000, 1040)))
+
+
+def test_an_output_folder_is_reused_only_when_it_holds_an_export(tmp_path: Path) -> None:
+    from mirror.ml import ExportError
+    from mirror.ml.manifest import prepare_folder, write_json
+
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / ".spectra.npz.partial").write_bytes(b"half")
+    assert prepare_folder(tmp_path / "killed")  # a first export killed midway: go on
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(ExportError, match="not empty"):
+        prepare_folder(tmp_path / "mine")
+    write_json(tmp_path / "mine", {"kind": "spectra"})
+    assert prepare_folder(tmp_path / "mine")

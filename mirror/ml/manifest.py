@@ -27,7 +27,9 @@ def prepare_folder(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"cannot create {folder}: {exc.strerror}") from exc
-    if any(folder.iterdir()) and not (folder / META).is_file():
+    # an export killed before its first finish leaves only its own ".*.partial" files
+    others = [p for p in folder.iterdir() if not p.name.endswith(".partial")]
+    if others and not (folder / META).is_file():
         raise ExportError(f"{folder} is not empty and holds no earlier export",
                           "give a new or empty folder (an earlier export's folder is "
                           "overwritten)")
