@@ -91,3 +91,43 @@ def test_target_files_need_ra_and_dec(tmp_path: Path) -> None:
             read_targets(bad)
     with pytest.raises(ExportError, match="cannot read"):
         read_targets(tmp_path / "missing.csv")
+
+
+def test_the_pick_rule_takes_the_deepest_image_the_cutout_fits_in(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    from mirror.ml.cutouts import Target, _target
+    from mirror.ml.select import Item
+
+    with fits.open(VHS) as h:
+        data, header = h[0].data, h[0].header
+    wcs = WCS(header)
+    ra, dec = (float(v) for v in wcs.pixel_to_world_values(31.5, 31.5))
+    edge_ra, edge_dec = (float(v) for v in wcs.pixel_to_world_values(6.0, 31.5))
+    paths = {}
+    for name, shift in [("deep", 0.0), ("shallow", 10.0)]:  # "shallow": 10 px further east
+        moved = header.copy()
+        moved["CRPIX1"] = header["CRPIX1"] + shift
+        paths[name] = tmp_path / f"{name}.fits"
+        fits.PrimaryHDU(data, moved).writeto(paths[name])
+
+    class Finder:  # what the ADQL query answers: deepest first, as ORDER BY abmaglim DESC
+        def candidates(self, target: Target) -> tuple[list[Item], list[dict]]:
+            items = [Item(0, "ivo://x/deep", "x", paths["deep"], None),
+                     Item(1, "ivo://x/shallow", "x", paths["shallow"], None),
+                     Item(2, "ivo://x/embargoed", "x", None, None, "not stored")]
+            return items, [{"abmaglim": 21.5}, {"abmaglim": 20.1}, {"abmaglim": 19.0}]
+
+    def picked(target: Target, pick: str) -> tuple[list[str], str | None]:
+        made, why = _target(Finder(), target, 28, None, pick, True,  # type: ignore[arg-type]
+                            OrderedDict())
+        return [info["obs_publisher_did"] for _, info in made], why
+
+    assert picked(Target("a", ra, dec), "deepest") == (["ivo://x/deep"], None)
+    assert picked(Target("a", ra, dec), "all") == (["ivo://x/deep", "ivo://x/shallow"], None)
+    # 6 px from the deep image's edge, 16 px inside the shallow one: the shallow one it is
+    assert picked(Target("e", edge_ra, edge_dec), "deepest") == (["ivo://x/shallow"], None)
+    far_ra, far_dec = (float(v) for v in wcs.pixel_to_world_values(-30.0, 31.5))
+    made, why = picked(Target("f", far_ra, far_dec), "deepest")
+    assert made == [] and why and "3 images contain it, none gives the cutout" in why
+    assert "not stored" in why and "too near the image's edge" in why
