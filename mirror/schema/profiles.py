@@ -25,7 +25,7 @@ from astropy.time import Time
 from cdshealpix.nested import lonlat_to_healpix
 from mocpy import MOC
 
-from mirror.catalogue.engine import Catalogue, utcnow
+from mirror.catalogue.engine import Catalogue, raw, utcnow
 from mirror.catalogue.models import column_profiles, table_profiles
 from mirror.catalogue.obscore import HPX_COLUMN, HPX_DEPTH, SOURCE_COLUMN, q
 from mirror.query.tables import local_name
@@ -207,9 +207,10 @@ def _coverage(conn: sa.Connection, local: str, has_hpx: bool,
     HEALPix index `_hpx` where the table keeps one, else from s_ra and s_dec."""
     if has_hpx:
         shift = 2 * (HPX_DEPTH - MOC_DEPTH)
-        cells = np.array([r[0] for r in conn.exec_driver_sql(
-            f"SELECT DISTINCT {q(HPX_COLUMN)} >> {shift} FROM {local} "
-            f"WHERE {q(HPX_COLUMN)} IS NOT NULL")], dtype=np.uint64)
+        # as one numpy array: a survey covers 10^5-10^6 cells, too many to fetch row by row
+        cells = raw(conn).execute(
+            f"SELECT DISTINCT {q(HPX_COLUMN)} >> {shift} AS cell FROM {local} "
+            f"WHERE {q(HPX_COLUMN)} IS NOT NULL").fetchnumpy()["cell"].astype(np.uint64)
         positions = int(conn.exec_driver_sql(
             f"SELECT count({q(HPX_COLUMN)}) FROM {local}").scalar_one()) if len(cells) else 0
     elif "s_ra" in names and "s_dec" in names:
