@@ -363,7 +363,7 @@ def _coerce(setting: Setting, value: Any, file: Path) -> Any:
         raise ConfigError(
             f"{file}: {setting.key} must be a {setting.type.__name__}, not {value!r}",
             f"a valid example: {setting.example}")
-    if setting.minimum is not None and value < setting.minimum:
+    if setting.minimum is not None and value < setting.minimum:  # type: ignore[operator]
         raise ConfigError(f"{file}: {setting.key} must be at least {setting.minimum}, "
                           f"not {value!r}", f"a valid example: {setting.example}")
     return value

@@ -201,7 +201,7 @@ def apply_page(conn: sa.Connection, source: str, specs: Sequence[ColumnSpec], id
         f"WHEN t.{idc} IS NULL THEN 'new' WHEN t._row_hash IS DISTINCT FROM p._row_hash "
         "THEN 'changed' WHEN t._withdrawn_at IS NOT NULL THEN 'reappeared' ELSE 'unchanged' END "
         f"AS cls FROM _page p LEFT JOIN {table} t ON t.{idc} = p.{idc}")
-    counts = dict(conn.exec_driver_sql(
+    counts: dict[str, int] = dict(conn.exec_driver_sql(
         "SELECT cls, count(*) FROM _page_class GROUP BY cls").fetchall())
     result = PageCounts(counts.get("new", 0), counts.get("changed", 0),
                         counts.get("unchanged", 0), counts.get("reappeared", 0))

@@ -164,7 +164,7 @@ def stored(conn: sa.Connection, source: str,
            product_ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
     """The queue rows (state, path, sha256, last_modified) of these products, by ID: how the
     ML exports find stored files for records an ADQL query selected."""
-    out: dict[str, sa.Row[Any]] = {}
+    out: dict[str, Any] = {}
     cols = (products.c.product_id, products.c.state, products.c.path, products.c.sha256,
             products.c.last_modified, products.c.size)
     for i in range(0, len(product_ids), 1000):  # bounded IN lists, portable SQL

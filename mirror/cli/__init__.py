@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common(parser: argparse.ArgumentParser, default: object) -> None:
-    flag = {"action": "store_true", "default": False if default is None else default}
+    flag: dict[str, Any] = {"action": "store_true",
+                            "default": False if default is None else default}
     parser.add_argument("--config", metavar="FILE", default=default,
                         help="config file (default: $MIRROR_CONFIG, else ./mirror.toml)")
     parser.add_argument("--debug", help="show tracebacks and debug logs", **flag)

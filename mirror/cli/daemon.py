@@ -11,7 +11,7 @@ from mirror.api import Mirror
 from mirror.cli.output import out
 from mirror.daemon import Daemon
 
-Command = Callable[[str, str], argparse.ArgumentParser]
+Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
 
 def register(command: Command) -> None:

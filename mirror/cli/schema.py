@@ -26,7 +26,7 @@ from mirror.schema.profiles import refresh_profiles
 from mirror.schema.search import highlight_spans, search, suggestions, terms
 from mirror.schema.site import build_site
 
-Command = Callable[[str, str], argparse.ArgumentParser]
+Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
 
 def register(command: Command) -> None:

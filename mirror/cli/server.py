@@ -11,7 +11,7 @@ from mirror.server.context import ServiceContext
 from mirror.server.guard import access_token
 from mirror.server.service import LocalService
 
-Command = Callable[[str, str], argparse.ArgumentParser]
+Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
 
 def register(command: Command) -> None:

@@ -28,7 +28,7 @@ BATCH = 50
 
 
 def is_datalink(access_format: str | None) -> bool:
-    return bool(access_format) and DATALINK_FORMAT in access_format.replace(" ", "").lower()
+    return bool(access_format) and DATALINK_FORMAT in (access_format or "").replace(" ", "").lower()
 
 
 @dataclass

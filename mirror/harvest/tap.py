@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import pyvo
 import requests
@@ -139,7 +140,7 @@ def _int(value: object) -> int | None:
         return None
 
 
-def _spec(field: object) -> ColumnSpec:
+def _spec(field: Any) -> ColumnSpec:
     f = field  # astropy.io.votable.tree.Field
     values = getattr(f, "values", None)
     null = getattr(values, "null", None) if values is not None else None

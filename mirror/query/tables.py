@@ -73,7 +73,8 @@ class CatalogueTables:
                 "FROM duckdb_columns() WHERE NOT internal").fetchall():
             types.setdefault((schema, view), {})[column] = dtype
         for table, cols in columns.items():  # _hpx: queryable, not listed (no ADQL identifier)
-            if HPX_COLUMN in types.get(tuple(p.lower() for p in local_parts(table)), {}):
+            schema, view = local_parts(table)
+            if HPX_COLUMN in types.get((schema.lower(), view.lower()), {}):
                 cols.append(ColumnSpec(HPX_COLUMN, "long", ucd="pos.healpix",
                                        description=HPX_HELPER[-1]))
         return cls(columns, types)

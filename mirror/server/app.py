@@ -58,7 +58,7 @@ def build_app(ctx: ServiceContext) -> Starlette:
         except MirrorError as exc:
             return error_response(exc, ctx, 500)
         if doc is None:
-            return PlainTextResponse(f"no table {name[:100]!r} here; GET /tables lists them",
+            return PlainTextResponse(f"no table {str(name)[:100]!r} here; GET /tables lists them",
                                      status_code=404)
         return Response(doc, media_type=XML)
 

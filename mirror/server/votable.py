@@ -62,11 +62,11 @@ def _field(name: str, data: pa.ChunkedArray, meta: ColumnSpec | None) -> Field:
     xtype = meta.xtype if meta else None
     plain = meta.plain_xtype if meta else ""
     if plain in DALI_GEOMETRY and pa.types.is_string(typ):
-        values = [None if v is None else region_values(v) for v in data.to_pylist()]
+        shapes = [None if v is None else region_values(v) for v in data.to_pylist()]
         size = DALI_GEOMETRY[plain]
-        values = [v if v is not None and (size == "*" or len(v) == int(size)) else None
-                  for v in values]
-        return Field(name, "double", size, meta, plain, values)
+        shapes = [v if v is not None and (size == "*" or len(v) == int(size)) else None
+                  for v in shapes]
+        return Field(name, "double", size, meta, plain, shapes)
     if typ in _NUMERIC:
         datatype, dtype = _NUMERIC[typ]
         if meta is not None and meta.datatype in _WIDER.get(datatype, ()):
