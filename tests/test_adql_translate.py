@@ -323,7 +323,7 @@ def test_prefilter_only_where_it_is_exact() -> None:
 def test_prefilter_public_api_path_gives_the_same_ranges(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fast = prefilter_module.shape_ranges([10.0, -20.0, 0.5])
-    monkeypatch.setattr(prefilter_module, "_cone_search", None)
+    monkeypatch.setattr(prefilter_module, "_native_cone_search", lambda: None)
     assert prefilter_module.shape_ranges([10.0, -20.0, 0.5]) == fast
     assert fast and len(fast) <= prefilter_module.MAX_RANGES
 

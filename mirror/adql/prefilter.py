@@ -14,6 +14,7 @@ predicate, which stays, decides exactly: the result is the same with or without 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -25,10 +26,17 @@ from .dialect import adql_name
 from .geometry import box_corners, cone_of, region_values
 from .tables import HPX_COLUMN, HPX_DEPTH, Binding, Source
 
-try:  # the extension module directly: the public wrappers build astropy objects (~100 us)
-    from cdshealpix.cdshealpix import cone_search as _cone_search
-except ImportError:  # another cdshealpix layout: the public API below (tested)
-    _cone_search = None
+
+@functools.cache
+def _native_cone_search() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+    """cdshealpix's extension function itself: its public wrapper builds astropy objects
+    (~100 us a cone). Imported on first use: cdshealpix imports astropy.coordinates (0.2 s of
+    every command's start-up)."""
+    try:
+        from cdshealpix.cdshealpix import cone_search
+    except ImportError:  # another cdshealpix layout: the public API in _cone (tested)
+        return None
+    return cone_search  # type: ignore[no-any-return]
 
 MAX_RANGES = 24
 _CELL_DEG = 58.6  # side of a depth-0 HEALPix cell, roughly
@@ -185,8 +193,9 @@ def _cone(ra: float, dec: float, radius: float, depth: int) -> tuple[np.ndarray,
     lon = math.radians(ra % 360.0)
     lat = math.radians(dec)
     rad = math.radians(radius) * (1 + 1e-9) + 1e-12  # never lose a pixel to rounding
-    if _cone_search is not None:
-        ipix, depths, _ = _cone_search(np.uint8(depth), np.uint8(2), np.float64(lon),
+    native = _native_cone_search()
+    if native is not None:
+        ipix, depths, _ = native(np.uint8(depth), np.uint8(2), np.float64(lon),
                                        np.float64(lat), np.float64(rad), False)
         return ipix, depths
     import astropy.units as u

@@ -26,8 +26,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
-from astropy.coordinates import Latitude, Longitude
-from cdshealpix.nested import lonlat_to_healpix
 
 from mirror.catalogue import tap_schema_views
 from mirror.catalogue.engine import raw, utcnow
@@ -118,6 +116,10 @@ def healpix_index(ra: pa.Array | pa.ChunkedArray, dec: pa.Array | pa.ChunkedArra
     valid = np.isfinite(ra_deg) & np.isfinite(dec_deg) & (np.abs(dec_deg) <= 90)
     out = np.zeros(len(ra_deg), dtype=np.int64)
     if valid.any():
+        # imported here: astropy.coordinates costs 0.2 s of every command's start-up
+        from astropy.coordinates import Latitude, Longitude
+        from cdshealpix.nested import lonlat_to_healpix
+
         out[valid] = lonlat_to_healpix(Longitude(ra_deg[valid], u.deg),
                                        Latitude(dec_deg[valid], u.deg), HPX_DEPTH).astype(np.int64)
     return pa.array(out, pa.int64(), mask=~valid)

@@ -20,10 +20,7 @@ from typing import Any
 import astropy.units as u
 import numpy as np
 import sqlalchemy as sa
-from astropy.coordinates import Latitude, Longitude
 from astropy.time import Time
-from cdshealpix.nested import lonlat_to_healpix
-from mocpy import MOC
 
 from mirror.catalogue.engine import Catalogue, raw, utcnow
 from mirror.catalogue.models import column_profiles, table_profiles
@@ -205,6 +202,11 @@ def _coverage(conn: sa.Connection, local: str, has_hpx: bool,
               names: dict[str, str]) -> tuple[int, str, int, float] | None:
     """(positions, MOC as ASCII, depth, sky fraction) of the rows' positions: from the
     HEALPix index `_hpx` where the table keeps one, else from s_ra and s_dec."""
+    # imported here: mocpy pulls in matplotlib, 0.3 s of every command's start-up
+    from astropy.coordinates import Latitude, Longitude
+    from cdshealpix.nested import lonlat_to_healpix
+    from mocpy import MOC
+
     if has_hpx:
         shift = 2 * (HPX_DEPTH - MOC_DEPTH)
         # as one numpy array: a survey covers 10^5-10^6 cells, too many to fetch row by row
