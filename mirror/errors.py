@@ -15,15 +15,16 @@
     ├── StoreError             the product store cannot place, keep or hand out a file
     │   ├── UnsafePathError    a path would leave the store root (hostile or broken name)
     │   └── CollisionError     a different file already sits at the target path
-    └── AdqlError              an ADQL query cannot be translated
-        ├── AdqlSyntaxError    not ADQL: knows line, column and the offending text
-        ├── AdqlUnsupportedError valid ADQL this mirror does not implement (names it)
-        ├── AdqlSecurityError  refused: not a query, or it would touch files, network, settings
-        ├── AdqlTypeError      parts that do not fit: a geometry as a condition, unconvertible units
-        ├── UnknownTableError  no such table here; suggests the closest names
-        └── UnknownColumnError no such column in the query's tables; suggests the closest names
-    QueryError                 the local catalogue failed a translated query
-    └── QueryTimeoutError      it ran past its time limit
+    ├── AdqlError              an ADQL query cannot be translated
+    │   ├── AdqlSyntaxError    not ADQL: knows line, column and the offending text
+    │   ├── AdqlUnsupportedError valid ADQL this mirror does not implement (names it)
+    │   ├── AdqlSecurityError  refused: not a query, or it would touch files, network, settings
+    │   ├── AdqlTypeError      parts that do not fit: a geometry as a condition, unconvertible units
+    │   ├── UnknownTableError  no such table here; suggests the closest names
+    │   └── UnknownColumnError no such column in the query's tables; suggests the closest names
+    ├── QueryError             the local catalogue failed a translated query
+    │   └── QueryTimeoutError  it ran past its time limit
+    └── ExportError            an export, cutout or embedding cannot run as asked
 
 Foreign exceptions are translated at the edge where they occur, always ``raise ... from exc``.
 """
@@ -219,3 +220,7 @@ def from_wire(message: str, fields: dict[str, str], query: str = "") -> MirrorEr
         return kind(message, hint)  # type: ignore[no-any-return]
     except TypeError:  # a kind with required extras
         return QueryError(message, hint)
+
+
+class ExportError(MirrorError):
+    """An export, cutout or embedding cannot run as asked (bad grid, folder, column, ...)."""

@@ -11,9 +11,9 @@
 Uses the local ADQL layer to select and the store to read; never harvests or fetches.
 """
 
+from mirror.errors import ExportError
 from mirror.ml.cutouts import CutoutReport, Target, export_cutouts, read_targets
 from mirror.ml.embed import EmbedReport, embed
-from mirror.ml.errors import ExportError
 from mirror.ml.grid import Grid, parse_grid
 from mirror.ml.load import Spectra, SpectraDataset, load_manifest, load_spectra, torch_dataset
 from mirror.ml.spectra import SpectraReport, export_spectra

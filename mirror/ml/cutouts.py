@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 
 from mirror import __version__
+from mirror.errors import ExportError
 from mirror.ml.arrays import NpyWriter
-from mirror.ml.errors import ExportError
 from mirror.ml.images import Cutout, Image, NoCutout, cut, open_image
 from mirror.ml.manifest import prepare_folder, write_bytes, write_json, write_manifest
 from mirror.ml.select import ALL_ROWS, Mirrored, locate, obscore_columns

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mirror.ml.errors import ExportError
+from mirror.errors import ExportError
 from mirror.ml.load import load_spectra
 from mirror.ml.manifest import read_json
 

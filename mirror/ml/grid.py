@@ -10,7 +10,7 @@ from typing import Any
 import astropy.units as u
 import numpy as np
 
-from mirror.ml.errors import ExportError
+from mirror.errors import ExportError
 
 MAX_PIXELS = 5_000_000  # a row of flux, error and mask: 45 MB; more is surely a typo
 

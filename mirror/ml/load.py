@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow.parquet as pq
 
+from mirror.errors import ExportError
 from mirror.ml.arrays import ARRAYS, NAMES
-from mirror.ml.errors import ExportError
 from mirror.ml.manifest import MANIFEST, read_json
 
 

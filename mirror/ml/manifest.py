@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mirror.ml.errors import ExportError
+from mirror.errors import ExportError
 
 MANIFEST, REJECTS, META = "manifest.parquet", "rejects.csv", "export.json"
 META_KEY = b"mirror.export"

@@ -20,8 +20,7 @@ import pyarrow as pa
 from mirror.catalogue import products
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config
-from mirror.errors import StoreError
-from mirror.ml.errors import ExportError
+from mirror.errors import ExportError, StoreError
 from mirror.query import QueryResult
 from mirror.store.files import Store
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from mirror import __version__
+from mirror.errors import ExportError
 from mirror.ml import worker
 from mirror.ml.arrays import FORMATS, NAMES, open_writer, remove
-from mirror.ml.errors import ExportError
 from mirror.ml.grid import Grid
 from mirror.ml.manifest import prepare_folder, write_json, write_manifest, write_rejects
 from mirror.ml.select import Mirrored, select, wanted_columns
