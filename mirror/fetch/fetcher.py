@@ -9,6 +9,7 @@ a complete verified one; a file committed but not yet recorded is adopted on the
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +61,7 @@ class FetchReport:
 @dataclass
 class _Job:
     row: sa.Row[Any]
-    rel: PurePosixPath
+    rel: str  # the store path as text: the store resolves it once and remembers it
     target: Path = Path()  # where the product goes, resolved inside the store
     temp: Path = Path()  # its download file beside it
 
@@ -160,7 +161,7 @@ class Fetcher:
                 rows = [r for r in products.pending(conn, self.src.name) if r.url]
             if not rows:
                 return
-            jobs = [_Job(r, PurePosixPath(r.path)) for r in rows]
+            jobs = [_Job(r, r.path) for r in rows]
             again, hint = self._pass(jobs, report, final=attempt == self.config.fetch.retries)
             if not again or self._cancelled():
                 return
@@ -208,7 +209,7 @@ class Fetcher:
             job.temp = dest = self.store.temp_path(job.rel)
             # resume only what a recorded validator vouches for (a kill -9 records none)
             validator = job.row.last_modified if job.row.sha256 is None else None
-            resume = dest.stat().st_size if dest.exists() and validator else 0
+            resume = _size(dest) if validator else 0  # no stat unless a resume may follow
             by_key[i] = job
             downloads.append(Download(key=i, url=job.row.url, dest=dest, resume_from=resume,
                                       validator=validator if resume else None,
@@ -320,6 +321,13 @@ def _outcome(row: sa.Row[Any], **values: Any) -> dict[str, Any]:
     base = {c: getattr(row, c) for c in products.OUTCOME}
     base.update(values)
     return {"source": row.source, "product_id": row.product_id, "role": row.role, **base}
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _aux_rows(row: sa.Row[Any], urls: list[str]) -> list[dict[str, Any]]:

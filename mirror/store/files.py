@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from mirror.errors import CollisionError, StoreError, UnsafePathError
 from mirror.store.verify import CHUNK, Verdict, sha256_file, verify_file
 
 QUARANTINE = ".quarantine"
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters and backslash
 PART = ".part"
 
 
@@ -34,29 +36,33 @@ class Store:
         with _os_errors("create the store folder", root):
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(root).resolve()
-        self._checked: set[PurePosixPath] = set()  # folders already resolved inside the root
+        self._checked: set[str] = set()  # folders (relative) already resolved inside the root
         self._made: set[Path] = set()  # folders known to exist
         self._resolved: dict[str, Path] = {}
 
     def resolve(self, rel: PurePosixPath | str) -> Path:
         """The absolute path of `rel`; raises UnsafePathError if it would leave the root."""
-        hit = self._resolved.get(str(rel))
+        key = rel if isinstance(rel, str) else str(rel)
+        hit = self._resolved.get(key)
         if hit is not None:  # checked earlier in this run (a fetch asks 3 times per file)
             return hit
-        rel = PurePosixPath(rel)
+        rel = PurePosixPath(key)
         bad = _unsafe_reason(rel)
         if bad:
-            raise UnsafePathError(f"refusing store path {str(rel)!r}: {bad}", path=str(rel),
+            raise UnsafePathError(f"refusing store path {key!r}: {bad}", path=key,
                                   hint="store paths come from layout.render; report this name")
-        target = self.root.joinpath(*rel.parts)
+        norm = str(rel)
+        target = self.root / norm  # one parse of a checked relative path, not one per part
         # Resolving every component costs a syscall each; a folder once found inside the
-        # root is remembered, so per file only the last component needs a look.
-        if rel.parent not in self._checked or target.is_symlink():
+        # root is remembered (as text: hashing pure paths costs more than the check saves),
+        # so per file only the last component needs a look.
+        parent = norm.rpartition("/")[0]
+        if parent not in self._checked or target.is_symlink():
             self._check_inside(target, rel)
-            self._checked.add(rel.parent)
+            self._checked.add(parent)
         if len(self._resolved) >= RESOLVED_CACHE:
             self._resolved.clear()
-        self._resolved[str(rel)] = target
+        self._resolved[key] = target
         return target
 
     def _check_inside(self, target: Path, rel: PurePosixPath) -> None:
@@ -243,7 +249,7 @@ def _unsafe_reason(rel: PurePosixPath) -> str | None:
             return "it has a '.' or '..' component"
         if part.startswith("."):
             return "names starting with '.' belong to the store itself"
-        if "\\" in part or any(ord(c) < 32 or ord(c) == 127 for c in part):
+        if _BAD_CHAR.search(part):
             return "it has a backslash or a control character"
     return None
 

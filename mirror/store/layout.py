@@ -89,8 +89,9 @@ def validate_template(template: str, fields: Collection[str] | None = None) -> N
 
 def sanitise_component(text: str) -> str:
     """One safe, portable path component: ASCII letters, digits and `-_.+=@,`, never special."""
-    ascii_text = "".join(c for c in unicodedata.normalize("NFKD", text)
-                         if not unicodedata.combining(c))  # fullwidth '／' -> '/', 'é' -> 'e'
+    ascii_text = text if text.isascii() else "".join(  # ASCII has nothing to decompose
+        c for c in unicodedata.normalize("NFKD", text)
+        if not unicodedata.combining(c))  # fullwidth '／' -> '/', 'é' -> 'e'
     out = _UNSAFE.sub("_", ascii_text).rstrip(".") or "_"
     lead = len(out) - len(out.lstrip(".-"))
     out = "_" * lead + out[lead:]  # '..', '.hidden' and '-option' lose their meaning
@@ -122,10 +123,19 @@ def extension_for(access_format: str | None, content_type: str | None = None,
             return ext + next((c for c in _COMPRESSION if path.endswith(c)), "")
         if ext:
             return ext
-    suffixes = PurePosixPath(path).suffixes
+    suffixes = _suffixes(path)
     url_ext = "".join(suffixes[-2:] if suffixes[-1:] and suffixes[-1] in _COMPRESSION
                       else suffixes[-1:])
     return url_ext if re.fullmatch(r"(\.[a-z0-9]{1,8}){1,2}", url_ext) else ""
+
+
+def _suffixes(path: str) -> list[str]:
+    """`PurePosixPath(path).suffixes` with string operations (a path object per product costs
+    more than the rest of the choice)."""
+    name = next((p for p in reversed(path.split("/")) if p not in ("", ".")), "")
+    if name.endswith("."):
+        return []
+    return ["." + suffix for suffix in name.lstrip(".").split(".")[1:]]
 
 
 def _family(mime: str | None) -> str:

@@ -96,18 +96,23 @@ def _page_instead_of_data(head: bytes, content_type: str | None, html_expected: 
     if html_expected:
         return None
     text = head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n").lower()
-    title = _TITLE.search(head.decode("utf-8", "replace"))
-    said = f" (its title: {' '.join(title.group(1).split())[:80]!r})" if title else ""
     looks_html = text.startswith(_HTML_STARTS) or (text.startswith("<") and "<html" in text)
     if looks_html:
-        return f"the server sent an HTML page (login or error page?) instead of data{said}"
+        return f"the server sent an HTML page (login or error page?) instead of data{_title(head)}"
     typed = (content_type or "").split(";")[0].strip().lower()
     if typed in ("text/html", "application/xhtml+xml") and not _is_fits_or_packed(head):
         return f"the server labelled its answer {typed} (login or error page?) instead of data"
     if fits_expected and text.startswith("<"):
         return ("the server sent an XML document (an error message?) where FITS was due"
-                f"{said}")
+                f"{_title(head)}")
     return None
+
+
+def _title(head: bytes) -> str:
+    """The page's title for a message; only looked for once a page is found (decoding and
+    searching every product's first bytes cost more than the rest of the check)."""
+    title = _TITLE.search(head.decode("utf-8", "replace"))
+    return f" (its title: {' '.join(title.group(1).split())[:80]!r})" if title else ""
 
 
 def _is_fits_or_packed(head: bytes) -> bool:
