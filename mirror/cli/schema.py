@@ -211,7 +211,8 @@ def _search(catalogue: Catalogue, args: argparse.Namespace) -> int:
     if args.quiet:
         return 0
     words = terms(args.search)
-    grid = RichTable(header_style="bold", title=f"{len(hits)} columns match {args.search!r}",
+    matched = "1 column matches" if len(hits) == 1 else f"{len(hits):,} columns match"
+    grid = RichTable(header_style="bold", title=f"{matched} {args.search!r}",
                      title_justify="left")
     for head in ("column", "unit", "UCD", "description"):
         grid.add_column(head)
