@@ -208,3 +208,13 @@ def test_sanitise_is_idempotent_on_its_own_output() -> None:
     for text in HOSTILE:
         once = sanitise_component(text)
         assert sanitise_component(once) == once
+
+
+def test_rendered_folders_cached_by_value_and_type() -> None:
+    """Components are cached by value: 1, 1.0 and True are equal keys but render differently."""
+    template = "{a}/{b}{ext}"
+    assert str(render(template, {"a": 1, "b": "x"}, ".fits")) == "1/x.fits"
+    assert str(render(template, {"a": 1.0, "b": "x"}, ".fits")) == "1.0/x.fits"
+    assert str(render(template, {"a": True, "b": "x"}, ".fits")) == "True/x.fits"
+    assert str(render(template, {"a": 1, "b": "x"}, ".xml")) == "1/x.xml"
+    assert str(render(template, {"a": [1], "b": "x"})) == "_1_/x"  # unhashable: not cached

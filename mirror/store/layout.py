@@ -63,16 +63,49 @@ def render(template: str, row: Mapping[str, object], ext: str = "", *,
     """The relative, sanitised store path of `row`; `{ext}` is `ext`, NULL fields `missing`."""
     dirs: list[str] = []
     for component in _compile(template):
-        pieces = [""]
-        for part in component:
-            if isinstance(part, str):
-                pieces[-1] += part
-                continue
-            values = _values(part, row, ext, missing)
-            pieces[-1] += values[0]
-            pieces.extend(values[1:])  # only a date spec's own '/' makes folders
-        dirs.extend(pieces)
-    return PurePosixPath(*(sanitise_component(d) for d in dirs))
+        key = _component_key(component, row, ext, missing)
+        done = _RENDERED.get(key) if key is not None else None
+        if done is None:
+            done = _render_component(component, row, ext, missing)
+            if key is not None:
+                if len(_RENDERED) >= RENDER_CACHE:
+                    _RENDERED.clear()
+                _RENDERED[key] = done
+        dirs.extend(done)
+    return PurePosixPath(*dirs)
+
+
+# Folders repeat across thousands of products (collection, instrument, date): each distinct
+# component is rendered and sanitised once, keyed by its fields' values and their types (1 and
+# 1.0 are equal keys but format differently). Bounded for long runs.
+RENDER_CACHE = 4096
+_RENDERED: dict[tuple[object, ...], tuple[str, ...]] = {}
+
+
+def _component_key(component: _Component, row: Mapping[str, object], ext: str,
+                   missing: str) -> tuple[object, ...] | None:
+    values = [ext if p.name == "ext" else row.get(p.name)
+              for p in component if isinstance(p, _Field)]
+    key = (component, missing, *((type(v), v) for v in values))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable value (an array): rendered without the cache
+        return None
+    return key
+
+
+def _render_component(component: _Component, row: Mapping[str, object], ext: str,
+                      missing: str) -> tuple[str, ...]:
+    """One template component as sanitised folder names (several only for a date spec)."""
+    pieces = [""]
+    for part in component:
+        if isinstance(part, str):
+            pieces[-1] += part
+            continue
+        values = _values(part, row, ext, missing)
+        pieces[-1] += values[0]
+        pieces.extend(values[1:])  # only a date spec's own '/' makes folders
+    return tuple(sanitise_component(p) for p in pieces)
 
 
 def validate_template(template: str, fields: Collection[str] | None = None) -> None:
