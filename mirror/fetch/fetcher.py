@@ -130,7 +130,7 @@ class Fetcher:
 
     def _resolve(self, report: FetchReport) -> None:
         with self.cat.begin() as conn:
-            todo = [r for r in products.pending(conn, self.src.name) if r.url is None]
+            todo = products.pending(conn, self.src.name, unresolved=True)
         if not todo:
             return
         self.progress({"phase": "resolve", "source": self.src.name, "total": len(todo)})
