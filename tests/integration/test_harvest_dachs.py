@@ -214,7 +214,8 @@ def test_two_sources_appear_together_in_ivoa_obscore(upstream, tmp_path):
     assert by_source == {"harps/HARPS": harps, "vhs/VHS": len(truth) - harps}
 
 
-def test_a_second_command_says_which_sync_holds_the_catalogue(upstream, tmp_path):
+def test_while_a_sync_writes_readers_answer_and_a_second_writer_is_told_who_holds_it(
+        upstream, tmp_path):
     cfg = make_config(tmp_path, upstream, page_size=60)
     env = {**os.environ, "MIRROR_CONFIG": str(cfg)}
     sync = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--debug", "sync"], env=env,
@@ -223,11 +224,19 @@ def test_a_second_command_says_which_sync_holds_the_catalogue(upstream, tmp_path
     for line in sync.stderr:
         if "window 1 committed" in line:
             break
-    status = subprocess.run([sys.executable, "-m", "mirror.cli", "status"], env=env,
+    # a reader goes through the service the sync runs for its duration
+    status = subprocess.run([sys.executable, "-m", "mirror.cli", "status", "--json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    # a second writer cannot: DuckDB admits one writing process, so it names the one that writes
+    second = subprocess.run([sys.executable, "-m", "mirror.cli", "sync"], env=env,
                             capture_output=True, text=True, timeout=60)
     sync.kill()
     sync.wait()
-    assert status.returncode == 2
-    assert "in use by `mirror --debug sync`" in status.stderr
-    assert f"pid {sync.pid}" in status.stderr
-    assert "Traceback" not in status.stderr
+    assert status.returncode == 0, status.stderr
+    [source] = json.loads(status.stdout)["sources"]
+    assert source["name"] == "dachs" and source["rows"] >= 60
+    assert second.returncode == 2
+    assert "in use by `mirror --debug sync`" in second.stderr
+    assert f"pid {sync.pid}" in second.stderr
+    for done in (status, second):
+        assert "Traceback" not in done.stderr
