@@ -8,11 +8,13 @@ a complete verified one; a file committed but not yet recorded is adopted on the
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -96,6 +98,10 @@ class Fetcher:
         self.cancel = cancel  # set: abandon transfers in flight (kept resumable) and return
 
     def run(self, *, retry_failed: bool = False) -> FetchReport:
+        with _collector_skips_old_objects():
+            return self._run(retry_failed)
+
+    def _run(self, retry_failed: bool) -> FetchReport:
         started = time.monotonic()
         report = FetchReport(self.src.name)
         try:
@@ -321,6 +327,19 @@ def _outcome(row: sa.Row[Any], **values: Any) -> dict[str, Any]:
     base = {c: getattr(row, c) for c in products.OUTCOME}
     base.update(values)
     return {"source": row.source, "product_id": row.product_id, "role": row.role, **base}
+
+
+@contextmanager
+def _collector_skips_old_objects() -> Iterator[None]:
+    """Objects alive before the fetch (modules, engines, caches) are hidden from Python's
+    cyclic collector while it runs: the fetch's many short-lived rows otherwise trigger full
+    collections over all of them (0.13 s of a 0.55 s 2,000-file fetch in bench/fetch.py).
+    Only collection work is skipped: unfreeze hands them back, and garbage is found then."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _size(path: Path) -> int:
