@@ -164,21 +164,6 @@ def _update_duckdb(conn: sa.Connection, changes: Sequence[Mapping[str, Any]],
         duck.unregister("_outcomes")
 
 
-def stored(conn: sa.Connection, source: str,
-           product_ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
-    """The queue rows (state, path, sha256, last_modified) of these products, by ID: how the
-    ML exports find stored files for records an ADQL query selected."""
-    out: dict[str, Any] = {}
-    cols = (products.c.product_id, products.c.state, products.c.path, products.c.sha256,
-            products.c.last_modified, products.c.size)
-    for i in range(0, len(product_ids), 1000):  # bounded IN lists, portable SQL
-        for r in conn.execute(sa.select(*cols).where(
-                (products.c.source == source) & (products.c.role == "this")
-                & products.c.product_id.in_(product_ids[i:i + 1000]))):
-            out[r.product_id] = r
-    return out
-
-
 def counts(conn: sa.Connection) -> dict[str, dict[str, tuple[int, int]]]:
     """Per source and state: (products, bytes stored)."""
     out: dict[str, dict[str, tuple[int, int]]] = {}

@@ -1,7 +1,8 @@
 """Which stored products an export reads: ADQL over `ivoa.obscore`, then the product queue.
 
 The records come from the local ADQL layer (`Mirror.query`), so `--where` is the same language
-as `mirror query`; the files come from the catalogue's product queue (path, sha256) and are
+as `mirror query`; the files come from the catalogue's product queue (path, sha256: the ADQL
+table `mirror.products`, so an export runs beside a daemon that holds the catalogue) and are
 resolved through the store, which refuses any path that would leave it. A selected record whose
 product is not stored is kept, with the reason, for the rejects table: nothing is dropped
 silently.
@@ -13,11 +14,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import pyarrow as pa
 
-from mirror.catalogue import products
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config
 from mirror.errors import ExportError, StoreError
@@ -25,6 +26,7 @@ from mirror.query import QueryResult
 from mirror.store.files import Store
 
 ALL_ROWS = 2 ** 40  # an export wants every selected row, not the interactive cap
+LOOKUP_BATCH = 500  # product IDs per ADQL IN list
 IDENTITY = ("dp_id", "obs_id", "last_modified", "last_mod_date")  # kept when a source has them
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -108,13 +110,31 @@ def locate(mirror: Mirrored, table: pa.Table) -> list[Item]:
     keys = [_product_id(table, i, ids_of.get(src, "obs_publisher_did"), did)
             for i, (did, src) in enumerate(zip(dids, sources, strict=True))]
     found: dict[str, dict[str, Any]] = {}
-    with mirror.catalogue(write=False).begin() as conn:
-        for src in sorted(set(sources)):
-            wanted = sorted({k for k, s in zip(keys, sources, strict=True) if s == src})
-            found[src] = products.stored(conn, src, wanted)
+    for src in sorted(set(sources)):
+        wanted = sorted({k for k, s in zip(keys, sources, strict=True) if s == src})
+        found[src] = stored(mirror, src, wanted)
     store = Store(mirror.config.store_root)
     return [_item(i, did, src, found[src].get(key), store)
             for i, (did, src, key) in enumerate(zip(dids, sources, keys, strict=True))]
+
+
+def stored(mirror: Mirrored, source: str, product_ids: Sequence[str]) -> dict[str, Any]:
+    """The queue rows (state, path, sha256, last_modified) of these products, by ID, read
+    through ADQL (`mirror.products`): an export also runs while a daemon holds the catalogue."""
+    out: dict[str, Any] = {}
+    for i in range(0, len(product_ids), LOOKUP_BATCH):
+        ids = ", ".join(_adql_text(p) for p in product_ids[i:i + LOOKUP_BATCH])
+        result = mirror.query(
+            "SELECT product_id, state, path, sha256, last_modified FROM mirror.products "
+            f"WHERE source = {_adql_text(source)} AND role = 'this' AND product_id IN ({ids})",
+            maxrec=ALL_ROWS)
+        for row in result.arrow.to_pylist():
+            out[row["product_id"]] = SimpleNamespace(**row)
+    return out
+
+
+def _adql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _product_id(table: pa.Table, i: int, id_column: str, did: str) -> str:

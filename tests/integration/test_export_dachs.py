@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from mirror import Mirror
+from mirror.config import load_config as mirror_config
 from mirror.ml import load_manifest, load_spectra, parse_grid
 from mirror.ml.arrays import FORMATS
 from mirror.ml.cutouts import Target, export_cutouts
@@ -298,3 +300,32 @@ def test_embed_draws_a_png_and_pca_variance_decreases(mirrored, tmp_path):
     assert saved.num_rows == out.exported and {"x", "y", "snr"} <= set(saved.column_names)
     if os.environ.get("MIRROR_KEEP_PNG"):
         shutil.copy(png, os.environ["MIRROR_KEEP_PNG"])
+
+
+def test_an_export_runs_through_the_service_of_the_process_holding_the_catalogue(
+        mirrored, tmp_path):
+    """While `mirror serve` holds the catalogue (DuckDB locks every other process out), the
+    export selects records and finds their files through its TAP service: same bytes."""
+    alone = tmp_path / "alone"
+    export(mirrored, alone)
+    lock = Path(str(mirror_config(mirrored["cfg"]).catalogue_path) + ".lock")
+    server = subprocess.Popen([sys.executable, "-m", "mirror.cli", "--config",
+                               str(mirrored["cfg"]), "--quiet", "serve", "--port", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                lock.exists() and "endpoint" in lock.read_text()):
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.1)
+        assert "endpoint" in lock.read_text(), "the server advertised its endpoint"
+        routed = tmp_path / "routed"
+        done = subprocess.run(
+            [sys.executable, "-m", "mirror.cli", "--config", str(mirrored["cfg"]), "--json",
+             "export", "spectra", "--where", mirrored["where"], "--grid", "3800:6900:0.5",
+             "--out", str(routed)], capture_output=True, text=True, timeout=300)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert digest(routed) == digest(alone)
