@@ -12,11 +12,11 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 from astropy.io.votable import parse as parse_votable
-from pyvo.dal.adhoc import DatalinkResults
 
 from mirror.errors import MirrorError
 from mirror.http import check_response, translate_errors
@@ -80,6 +80,8 @@ def _ask(base: str, ids: Sequence[str], session: requests.Session, policy: Retry
     try:
         body = policy.call(get, "DataLink request")
         with translate_errors(base):
+            from pyvo.dal.adhoc import DatalinkResults  # pyvo: 0.3 s of start-up
+
             results = DatalinkResults(parse_votable(io.BytesIO(body)), url=base,
                                                session=session)
     except MirrorError as exc:
@@ -88,7 +90,7 @@ def _ask(base: str, ids: Sequence[str], session: requests.Session, policy: Retry
     return _links(results)
 
 
-def _links(results: DatalinkResults) -> dict[str, Links]:
+def _links(results: Any) -> dict[str, Links]:
     out: dict[str, Links] = {}
     for row in results:
         lid = str(row["ID"])

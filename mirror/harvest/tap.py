@@ -11,11 +11,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import pyvo
 import requests
 from astropy.io.votable import parse as parse_votable
 from astropy.table import Table
-from pyvo.io.vosi import parse_capabilities
 
 from mirror.catalogue.types import ColumnSpec
 from mirror.errors import PermanentError
@@ -53,6 +51,8 @@ class TapClient:
             with translate_errors(url):
                 response = self.session.get(url, timeout=self.timeout)
                 check_response(response, url)
+                from pyvo.io.vosi import parse_capabilities  # pyvo: 0.3 s of start-up
+
                 return _limits(parse_capabilities(io.BytesIO(response.content)))
         try:
             return self.policy.call(ask, "reading capabilities")
@@ -71,6 +71,8 @@ class TapClient:
         def ask() -> Table:
             body = self._run(adql, "votable", maxrec, False)
             with translate_errors(self.url):
+                import pyvo.dal
+
                 results = pyvo.dal.TAPResults(parse_votable(io.BytesIO(body)), url=self.url,
                                               session=self.session)
                 return results.to_table()
@@ -103,6 +105,8 @@ class TapClient:
     def _run_async(self, adql: str, fmt: str, maxrec: int | None) -> bytes:
         url = self.url + "/async"
         with translate_errors(url):
+            import pyvo.dal
+
             job = pyvo.dal.AsyncTAPJob.create(self.url, adql, maxrec=maxrec,
                                               session=self.session, FORMAT=fmt)
             try:

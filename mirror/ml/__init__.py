@@ -11,13 +11,29 @@
 Uses the local ADQL layer to select and the store to read; never harvests or fetches.
 """
 
-from mirror.errors import ExportError
-from mirror.ml.cutouts import CutoutReport, Target, export_cutouts, read_targets
-from mirror.ml.embed import EmbedReport, embed
-from mirror.ml.grid import Grid, parse_grid
-from mirror.ml.load import Spectra, SpectraDataset, load_manifest, load_spectra, torch_dataset
-from mirror.ml.spectra import SpectraReport, export_spectra
+import importlib
+from typing import Any
 
-__all__ = ["CutoutReport", "EmbedReport", "ExportError", "Grid", "Spectra", "SpectraDataset",
-           "SpectraReport", "Target", "embed", "export_cutouts", "export_spectra",
-           "load_manifest", "load_spectra", "parse_grid", "read_targets", "torch_dataset"]
+# imported on first use: cutouts pull in astropy.nddata and scipy, which `mirror export
+# spectra` (and every other command, through the CLI's parser) need not pay for
+_WHERE = {
+    "ExportError": "mirror.errors", "CutoutReport": "mirror.ml.cutouts",
+    "Target": "mirror.ml.cutouts", "export_cutouts": "mirror.ml.cutouts",
+    "read_targets": "mirror.ml.cutouts", "EmbedReport": "mirror.ml.embed",
+    "embed": "mirror.ml.embed", "Grid": "mirror.ml.grid", "parse_grid": "mirror.ml.grid",
+    "Spectra": "mirror.ml.load", "SpectraDataset": "mirror.ml.load",
+    "load_manifest": "mirror.ml.load", "load_spectra": "mirror.ml.load",
+    "torch_dataset": "mirror.ml.load", "SpectraReport": "mirror.ml.spectra",
+    "export_spectra": "mirror.ml.spectra",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'mirror.ml' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
