@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -13,15 +13,15 @@ from mirror.catalogue import obscore, products, runs
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config, load_config
 from mirror.errors import CatalogueBusyError, CatalogueError
-from mirror.fetch.audit import AuditReport, audit
-from mirror.fetch.fetcher import Fetcher, FetchReport
-from mirror.harvest.harvester import Harvester, Progress, SyncReport
-from mirror.harvest.tap import TapClient
 from mirror.query import QueryResult, Runner
 from mirror.remote import RemoteCatalogue, advertised, require
 from mirror.retry import RetryPolicy
-from mirror.schema.profiles import refresh_after_sync
 from mirror.store.files import Store
+
+if TYPE_CHECKING:  # the services are imported when used: readers need not load them
+    from mirror.fetch.audit import AuditReport
+    from mirror.fetch.fetcher import FetchReport
+    from mirror.harvest.harvester import Progress, SyncReport
 
 
 @dataclass
@@ -85,6 +85,10 @@ class Mirror:
              cancel: threading.Event | None = None) -> list[SyncReport]:
         """Harvest one source, or all of them; one report per source. Setting `cancel` stops
         at the next window boundary (`mirror daemon` on SIGTERM)."""
+        from mirror.harvest.harvester import Harvester
+        from mirror.harvest.tap import TapClient
+        from mirror.schema.profiles import refresh_after_sync
+
         chosen = [self.config.source(source)] if source else list(self.config.sources)
         cat = self.catalogue()
         reports = []
@@ -102,6 +106,8 @@ class Mirror:
               progress: Progress | None = None, policy: RetryPolicy | None = None,
               cancel: threading.Event | None = None) -> list[FetchReport]:
         """Download the selected, not yet stored products of one source or all of them."""
+        from mirror.fetch.fetcher import Fetcher
+
         chosen = [self.config.source(source)] if source else list(self.config.sources)
         cat = self.catalogue()
         return [Fetcher(cat, self.config, src, progress=progress, policy=policy, cancel=cancel)
@@ -109,6 +115,8 @@ class Mirror:
 
     def verify(self, *, repair: bool = True) -> AuditReport:
         """Re-check the store against the catalogue (and repair unless told not to)."""
+        from mirror.fetch.audit import audit
+
         return audit(self.catalogue(), Store(self.config.store_root), repair=repair)
 
     def status(self) -> list[SourceStatus]:

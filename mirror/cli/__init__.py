@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -21,12 +21,14 @@ from mirror.api import Mirror
 from mirror.cli import daemon, export, schema, server
 from mirror.cli.output import emit, err, out
 from mirror.errors import MirrorError
-from mirror.fetch.fetcher import FetchReport
-from mirror.harvest.harvester import SyncReport
 from mirror.progress import fetch_progress
 from mirror.query import QueryResult
 from mirror.query.writers import BINARY, WRITERS, null_text, write
 from mirror.server.service import serving
+
+if TYPE_CHECKING:  # for annotations only: the services load when a command runs them
+    from mirror.fetch.fetcher import FetchReport
+    from mirror.harvest.harvester import SyncReport
 
 # commands registered the way a plugin would be: each module adds its parsers with `register`
 PLUGINS = (schema, server, daemon, export)
