@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from alembic import context
+from alembic.ddl.impl import DefaultImpl
 from sqlalchemy import create_engine, pool
 
-from mirror.catalogue.engine import DuckDBImpl  # noqa: F401 - registers alembic's DuckDB impl
 from mirror.catalogue.models import metadata
+
+
+class DuckDBImpl(DefaultImpl):
+    """Alembic ships no DuckDB implementation; DuckDB speaks close enough to PostgreSQL."""
+
+    __dialect__ = "duckdb"
 
 
 def run_migrations() -> None:

@@ -18,19 +18,19 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import requests
-from astropy.io.votable import parse as parse_votable
-from astropy.io.votable.tree import VOTableFile
 
 from mirror.catalogue.engine import holder
 from mirror.catalogue.types import ColumnSpec, local_type
 from mirror.errors import CatalogueBusyError, QueryError, from_wire
-from mirror.http import make_session, retry_after_seconds
 from mirror.query.result import QueryResult, annotate
+
+if TYPE_CHECKING:  # requests and VOTable parsing load when a service is asked, not before
+    import requests
+    from astropy.io.votable.tree import VOTableFile
 
 BUSY_RETRIES = 3  # the service's query slots were all taken: wait as told, this many times
 _SCALARS = {"unsignedByte": pa.uint8(), "short": pa.int16(), "int": pa.int32(),
@@ -63,6 +63,8 @@ class RemoteCatalogue:
     def __init__(self, endpoint: Endpoint, *, timeout: float = 60.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        from mirror.http import make_session
+
         self.session = make_session(endpoint.url, endpoint.token)
 
     def query(self, adql: str, *, maxrec: int | None = None,
@@ -104,6 +106,10 @@ class RemoteCatalogue:
 
     def _send(self, method: str, path: str, *, ok: tuple[int, ...] = (), wait: float = 30.0,
               **kwargs: Any) -> requests.Response:
+        import requests
+
+        from mirror.http import retry_after_seconds
+
         url = self.endpoint.url + path
         for attempt in range(BUSY_RETRIES + 1):
             try:
@@ -189,6 +195,8 @@ def _json_array(values: list[Any], typ: pa.DataType) -> pa.Array:
 def to_result(body: bytes, adql: str = "", status: int = 200) -> QueryResult:
     """A TAP VOTable answer as the QueryResult a local query would give: same names, types,
     units, UCDs and overflow flag; QUERY_STATUS=ERROR raised as the error it describes."""
+    from astropy.io.votable import parse as parse_votable
+
     try:
         vot = parse_votable(io.BytesIO(body), verify="ignore")
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for a broken document

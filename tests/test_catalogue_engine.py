@@ -30,3 +30,33 @@ def test_settings_cannot_be_changed_by_sql(tmp_path: Path) -> None:
             with cat.begin() as conn:
                 conn.exec_driver_sql("SET memory_limit = '10GB'")
         assert "MiB" in setting(cat, "memory_limit")
+
+
+def test_head_constant_is_alembics_newest_revision() -> None:
+    """`migrate()` skips alembic when the catalogue is at HEAD: HEAD must be the real head."""
+    from alembic.script import ScriptDirectory
+
+    from mirror.catalogue.engine import HEAD, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == HEAD
+
+
+def test_an_older_catalogue_is_migrated_on_open(tmp_path: Path) -> None:
+    from alembic import command
+
+    from mirror.catalogue.engine import HEAD, _alembic_config
+
+    path = tmp_path / "m.duckdb"
+    with Catalogue.open(path) as cat:
+        with cat.engine.begin() as conn:
+            cfg = _alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0002")
+        assert cat.revision() == "0002" and not cat.is_current()
+    with pytest.raises(Exception, match="another version of mirror"):
+        Catalogue.open(path, read_only=True)
+    with Catalogue.open(path) as cat:
+        assert cat.revision() == HEAD
+        with cat.begin() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM column_profiles"
+                                        ).scalar_one() == 0

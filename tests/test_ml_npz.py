@@ -60,3 +60,21 @@ def test_an_output_folder_is_reused_only_when_it_holds_an_export(tmp_path: Path)
         prepare_folder(tmp_path / "mine")
     write_json(tmp_path / "mine", {"kind": "spectra"})
     assert prepare_folder(tmp_path / "mine")
+
+
+def test_arrow_columns_types_like_pyarrow_without_loading_pandas() -> None:
+    """The manifest's computed columns keep the types pyarrow would infer; no pandas import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, datetime, numpy as np\n"
+        "from mirror.ml.manifest import arrow_columns\n"
+        "t = arrow_columns({'s': ['a', None], 'i': [1, np.int64(2)], 'f': [1, 2.5],\n"
+        "                   't': [datetime.datetime(2020, 1, 2), None], 'b': [True, False],\n"
+        "                   'n': [None, None]})\n"
+        "print([str(f.type) for f in t.schema], t.column('f').to_pylist(),\n"
+        "      'pandas' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == (
+        "['string', 'int64', 'double', 'timestamp[us]', 'bool', 'string'] [1.0, 2.5] False")

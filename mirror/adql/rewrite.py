@@ -21,7 +21,6 @@ from .dialect import adql_name, call
 from .geometry import unit_vector
 from .prefilter import constant, shape_values
 from .tables import Binding
-from .units import in_unit_factor
 
 _MATH = {"ABS": "abs", "ACOS": "acos", "ASIN": "asin", "ATAN": "atan", "ATAN2": "atan2",
          "CEILING": "ceiling", "COS": "cos", "COT": "cot", "DEGREES": "degrees", "EXP": "exp",
@@ -65,6 +64,8 @@ def _lower_function(node: exp.Expr, name: str, binding: Binding) -> exp.Expr:
     if name in ("POINT", "CIRCLE", "BOX", "POLYGON", "REGION", "CENTROID"):
         return _geometry_value(node, binding)
     if name == "IN_UNIT":
+        from .units import in_unit_factor  # astropy.units: loaded by IN_UNIT alone
+
         factor = in_unit_factor(args[0], args[1].this, binding)
         return exp.Paren(this=exp.Mul(this=exp.Paren(this=lower(args[0], binding)),
                                       expression=exp.Literal.number(repr(factor))))

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import astropy.units as u
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -117,6 +116,7 @@ def healpix_index(ra: pa.Array | pa.ChunkedArray, dec: pa.Array | pa.ChunkedArra
     out = np.zeros(len(ra_deg), dtype=np.int64)
     if valid.any():
         # imported here: astropy.coordinates costs 0.2 s of every command's start-up
+        import astropy.units as u
         from astropy.coordinates import Latitude, Longitude
         from cdshealpix.nested import lonlat_to_healpix
 

@@ -24,7 +24,6 @@ from mirror.errors import MirrorError
 from mirror.progress import fetch_progress
 from mirror.query import QueryResult
 from mirror.query.writers import BINARY, WRITERS, null_text, write
-from mirror.server.service import serving
 
 if TYPE_CHECKING:  # for annotations only: the services load when a command runs them
     from mirror.fetch.fetcher import FetchReport
@@ -130,6 +129,8 @@ def writes(handler: Handler) -> Handler:
     them out of the file): `mirror query` in another terminal answers instead of failing."""
     @functools.wraps(handler)
     def run(mirror: Mirror, args: argparse.Namespace) -> int:
+        from mirror.server.service import serving  # uvicorn, starlette: writers alone
+
         with serving(mirror.catalogue(), mirror.config,
                      status=lambda: [s.as_dict() for s in mirror.status()]):
             return handler(mirror, args)

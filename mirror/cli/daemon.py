@@ -9,7 +9,6 @@ from typing import Any
 
 from mirror.api import Mirror
 from mirror.cli.output import out
-from mirror.daemon import Daemon
 
 Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
@@ -26,6 +25,8 @@ def register(command: Command) -> None:
 
 
 def cmd_daemon(mirror: Mirror, args: argparse.Namespace) -> int:
+    from mirror.daemon import Daemon
+
     return Daemon(mirror, once=args.once, log_format=args.log_format, debug=args.debug).main()
 
 

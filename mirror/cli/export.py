@@ -34,7 +34,7 @@ def register(command: Command) -> None:
 
 def _spectra(p: argparse.ArgumentParser) -> None:
     from mirror.ml.arrays import FORMATS
-    from mirror.ml.spectra import DEFAULT_WHERE
+    from mirror.ml.select import DEFAULT_WHERE
 
     p.add_argument("--where", default=DEFAULT_WHERE, metavar="ADQL",
                    help=f"ADQL condition over ivoa.obscore (default: {DEFAULT_WHERE})")

@@ -22,9 +22,7 @@ from mirror.schema.examples import checked_examples
 from mirror.schema.explain import ucd_words
 from mirror.schema.markdown import fraction, render
 from mirror.schema.model import Catalogue, Column, Table
-from mirror.schema.profiles import refresh_profiles
 from mirror.schema.search import highlight_spans, search, suggestions, terms
-from mirror.schema.site import build_site
 
 Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
@@ -64,6 +62,8 @@ def cmd_schema(mirror: Mirror, args: argparse.Namespace) -> int:
 
 
 def _profile(mirror: Mirror, args: argparse.Namespace) -> None:
+    from mirror.schema.profiles import refresh_profiles  # mocpy, matplotlib
+
     reports = refresh_profiles(mirror.catalogue())
     mirror.close()  # a later read opens the catalogue afresh (read-only)
     if args.json and not (args.name or args.search or args.markdown or args.html):
@@ -255,6 +255,8 @@ def _documents(mirror: Mirror, args: argparse.Namespace) -> int:
             Path(args.markdown).write_text(text, encoding="utf-8")
             result["markdown"] = args.markdown
     if args.html:
+        from mirror.schema.site import build_site  # jinja2 and the sky maps' matplotlib
+
         files = build_site(catalogue, examples, Path(args.html))
         result["html"] = [str(f) for f in files]
     result["seconds"] = round(time.perf_counter() - started, 3)

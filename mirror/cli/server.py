@@ -7,9 +7,6 @@ from collections.abc import Callable
 
 from mirror.api import Mirror
 from mirror.cli.output import err, out
-from mirror.server.context import ServiceContext
-from mirror.server.guard import access_token
-from mirror.server.service import LocalService
 
 Command = Callable[..., argparse.ArgumentParser]  # command(name, help=...)
 
@@ -24,6 +21,10 @@ def register(command: Command) -> None:
 
 
 def cmd_serve(mirror: Mirror, args: argparse.Namespace) -> int:
+    from mirror.server.context import ServiceContext
+    from mirror.server.guard import access_token
+    from mirror.server.service import LocalService
+
     serve = mirror.config.serve
     host = args.host or serve.host
     port = serve.port if args.port is None else args.port

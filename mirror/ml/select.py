@@ -28,6 +28,7 @@ from mirror.store.files import Store
 ALL_ROWS = 2 ** 40  # an export wants every selected row, not the interactive cap
 LOOKUP_BATCH = 500  # product IDs per ADQL IN list
 IDENTITY = ("dp_id", "obs_id", "last_modified", "last_mod_date")  # kept when a source has them
+DEFAULT_WHERE = "dataproduct_type = 'spectrum'"  # what `mirror export spectra` reads
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -26,9 +26,8 @@ from mirror.ml import worker
 from mirror.ml.arrays import FORMATS, NAMES, open_writer, remove
 from mirror.ml.grid import Grid
 from mirror.ml.manifest import prepare_folder, write_json, write_manifest, write_rejects
-from mirror.ml.select import Mirrored, select, wanted_columns
+from mirror.ml.select import DEFAULT_WHERE, Mirrored, select, wanted_columns
 
-DEFAULT_WHERE = "dataproduct_type = 'spectrum'"
 BLOCK_BYTES = 16 << 20  # rows per written block: ~16 MB of flux, error and mask
 TASK_BYTES = 4 << 20  # rows per worker task: ~4 MB back through the pipe
 IN_PROCESS_BELOW = 64  # fewer jobs than this: starting a pool costs more than it saves

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import astropy.units as u
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from astropy.table import Column, MaskedColumn, Table
 
 from mirror.catalogue.types import ColumnSpec
+
+if TYPE_CHECKING:  # astropy.table (with the I/O plugins it loads) costs ~0.2 s of start-up
+    from astropy.table import Column, Table
 
 
 @dataclass
@@ -71,6 +72,9 @@ def annotate(arrow: pa.Table, columns: dict[str, ColumnSpec]) -> pa.Table:
 def to_astropy(arrow: pa.Table, columns: dict[str, ColumnSpec], *,
                overflow: bool = False) -> Table:
     """Arrow -> astropy, NULLs masked, metadata from `columns` (by lower-case name)."""
+    import astropy.units as u
+    from astropy.table import Table
+
     out = Table(meta={"QUERY_STATUS": "OVERFLOW" if overflow else "OK"})
     for name, data in zip(arrow.column_names, arrow.columns, strict=True):
         col = _column(name, data)
@@ -86,6 +90,8 @@ def to_astropy(arrow: pa.Table, columns: dict[str, ColumnSpec], *,
 
 
 def _column(name: str, data: pa.ChunkedArray) -> Column:
+    from astropy.table import Column, MaskedColumn
+
     typ = data.type
     mask = data.is_null().to_numpy(zero_copy_only=False) if data.null_count else None
     if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ):

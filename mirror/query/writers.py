@@ -10,18 +10,19 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from astropy.io.votable.tree import Info, VOTableFile
-from astropy.table import Column, MaskedColumn, Table
 
 from mirror.errors import MirrorError
 from mirror.query.result import QueryResult
+
+if TYPE_CHECKING:  # astropy.table and VOTable load when a VOTable or FITS file is written
+    from astropy.table import Column, Table
 
 BINARY = ("parquet", "fits")
 
@@ -37,6 +38,8 @@ def write_parquet(result: QueryResult, out: IO[bytes]) -> None:
 def write_votable(result: QueryResult, out: IO[bytes]) -> None:
     """A TAP-style VOTable: FIELDs with unit, UCD, utype and description; the results
     RESOURCE says INFO QUERY_STATUS = OVERFLOW when the result was cut at maxrec, else OK."""
+    from astropy.io.votable.tree import Info, VOTableFile
+
     table = _portable(result.table)
     vot = VOTableFile.from_table(table)
     resource = vot.resources[0]
@@ -121,6 +124,8 @@ def _flat(arrow: pa.Table) -> pa.Table:
 def _portable(table: Table) -> Table:
     """A copy that VOTable and FITS can hold: timestamps as ISO text (xtype timestamp), arrays
     as text, empty text columns one character wide."""
+    from astropy.table import Table
+
     out = Table(meta=dict(table.meta))
     for col in table.columns.values():
         data = col
@@ -137,6 +142,8 @@ def _portable(table: Table) -> Table:
 
 
 def _like(col: Column, values: np.ndarray) -> Column:
+    from astropy.table import Column, MaskedColumn
+
     mask = getattr(col, "mask", None)
     cls = MaskedColumn if mask is not None and np.any(mask) else Column
     kw: dict[str, Any] = {"mask": mask} if cls is MaskedColumn else {}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
-import astropy.units as u
-from astropy.io.votable.ucd import UCDWords
+if TYPE_CHECKING:  # astropy.units loads when a unit is explained, not with every command
+    import astropy.units as u
+    from astropy.io.votable.ucd import UCDWords
 
 # secondary UCD words that read as an adjective before the primary quantity
 _QUALIFIERS = {
@@ -22,6 +24,8 @@ _NAMES = {"mag": "magnitude", "%": "percent", "pct": "percent", "ct": "count", "
 
 @functools.cache
 def _words() -> UCDWords:
+    from astropy.io.votable.ucd import UCDWords
+
     return UCDWords()
 
 
@@ -66,6 +70,8 @@ def parse_unit(unit: str | None) -> u.UnitBase | None:
     """The unit as astropy reads it (VOUnit first, then its generic syntax), or None."""
     if not unit or not unit.strip():
         return None
+    import astropy.units as u
+
     for fmt in ("vounit", "generic", "cds"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -91,6 +97,8 @@ def explain_unit(unit: str | None) -> str | None:
 
 
 def _unit_words(unit: u.UnitBase) -> str:
+    import astropy.units as u
+
     scale = "" if unit.scale == 1 else f"{unit.scale:g} "
     if not isinstance(unit, u.CompositeUnit) or len(unit.bases) == 0:
         return scale + _name(unit)
