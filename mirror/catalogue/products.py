@@ -58,10 +58,7 @@ def queue(conn: sa.Connection, source: str, rows: Sequence[Mapping[str, Any]]) -
     if not rows:
         return 0
     now = utcnow()
-    known = {(r.product_id, r.role) for r in conn.execute(
-        sa.select(products.c.product_id, products.c.role).where(
-            (products.c.source == source)
-            & products.c.product_id.in_({r["product_id"] for r in rows})))}
+    known = _known(conn, source, {r["product_id"] for r in rows})
     fresh = [r for r in rows if (r["product_id"], r.get("role", "this")) not in known]
     if fresh:
         _insert(conn, [{"source": source, "role": "this", "state": "pending", "attempts": 0,
@@ -75,6 +72,23 @@ def queue(conn: sa.Connection, source: str, rows: Sequence[Mapping[str, Any]]) -
                     selected_at=now, updated_at=now,
                     **{k: v for k, v in r.items() if k not in ("product_id", "role")}))
     return len(rows)
+
+
+def _known(conn: sa.Connection, source: str, ids: set[str]) -> set[tuple[str, str]]:
+    """(product_id, role) of the queued products among `ids`; on DuckDB the ids go in as one
+    Arrow column joined to the queue (an IN list of 2,000 bound values costs 6x as much)."""
+    if conn.dialect.name != "duckdb":
+        return {(r.product_id, r.role) for r in conn.execute(
+            sa.select(products.c.product_id, products.c.role).where(
+                (products.c.source == source) & products.c.product_id.in_(ids)))}
+    duck = raw(conn)
+    duck.register("_queued_ids", pa.table({"product_id": pa.array(ids, pa.string())}))
+    try:
+        return {(pid, role) for pid, role in conn.exec_driver_sql(
+            "SELECT p.product_id, p.role FROM products p JOIN _queued_ids q "
+            "ON p.product_id = q.product_id WHERE p.source = ?", (source,))}
+    finally:
+        duck.unregister("_queued_ids")
 
 
 def mark_withdrawn(conn: sa.Connection, source: str, id_column: str) -> int:

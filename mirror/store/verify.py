@@ -103,14 +103,16 @@ def _page_instead_of_data(head: bytes, content_type: str | None, html_expected: 
     """Why `head` looks like an HTML/XML page where data was due, or None."""
     if html_expected:
         return None
-    text = head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n").lower()
-    looks_html = text.startswith(_HTML_STARTS) or (text.startswith("<") and "<html" in text)
+    text = head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n")
+    start = text[:16].lower()  # all 2 KB lower-cased for every product cost more than the rest
+    looks_html = start.startswith(_HTML_STARTS) or (start.startswith("<") and "<html" in
+                                                     text.lower())
     if looks_html:
         return f"the server sent an HTML page (login or error page?) instead of data{_title(head)}"
     typed = (content_type or "").split(";")[0].strip().lower()
     if typed in ("text/html", "application/xhtml+xml") and not _is_fits_or_packed(head):
         return f"the server labelled its answer {typed} (login or error page?) instead of data"
-    if fits_expected and text.startswith("<"):
+    if fits_expected and start.startswith("<"):
         return ("the server sent an XML document (an error message?) where FITS was due"
                 f"{_title(head)}")
     return None
