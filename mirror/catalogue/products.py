@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -45,10 +46,15 @@ def candidates(conn: sa.Connection, source: str, id_column: str, where: str,
         f"OR d._updated_at > p.selected_at{retry} "
         "OR (p.state = 'embargoed' AND p.embargo_until <= ?)) "
         f"ORDER BY d.{idc}", (source, utcnow()))
+    keys = list(result.keys())  # rows as tuples: a mapping per row costs twice as much
+    keep = [i for i, k in enumerate(keys) if not k.startswith("_")]
+    names, pick = [keys[i] for i in keep], itemgetter(*keep)
+    ident, known = keys.index(id_column), keys.index("_known")
     out = []
-    for r in result.mappings():
-        row = {k: v for k, v in r.items() if not k.startswith("_")}
-        out.append(Candidate(str(r[id_column]), row, bool(r["_known"])))
+    for r in result:
+        values = pick(r)
+        row = dict(zip(names, values if len(keep) > 1 else (values,), strict=True))
+        out.append(Candidate(str(r[ident]), row, bool(r[known])))
     return out
 
 
