@@ -105,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MirrorError as exc:
         if args.debug:
             raise
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False)
+            err.print(f"  [yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; committed work is kept, run the command again to resume")
