@@ -1,12 +1,14 @@
 """One sync of one source: keyset pages, a completeness proof, then withdrawals.
 
-Every page is one transaction: its rows, its window record and the advanced cursor commit
-together, so a kill at any instant resumes from the last committed page and ends with the same
-catalogue as an uninterrupted run.
+Pages commit in groups: a transaction holds whole pages with their window records and the
+advanced cursor, so a kill at any instant resumes after the last committed page and ends with
+the same catalogue as an uninterrupted run. A group closes at `COMMIT_ROWS` rows or after
+`COMMIT_SECONDS`, and before any stop (a cancel, a failed page, the end of the pass).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -210,29 +212,38 @@ class Harvester:
         return start
 
     def _pages(self, report: SyncReport, start: plan.Key | None, *, dry_run: bool) -> None:
-        """Keyset pages from `start` to the end; each page one transaction."""
+        """Keyset pages from `start` to the end, committed in groups (`PageGroup`)."""
         self.windows: list[tuple[plan.Key | None, plan.Key, int]] = []
         key = start
         t0 = time.monotonic()
         # the next page is fetched and parsed while this one is written (HTTP, CSV parsing and
         # DuckDB all release the GIL)
-        with ThreadPoolExecutor(1, thread_name_prefix="mirror-page") as ahead:
+        with ThreadPoolExecutor(1, thread_name_prefix="mirror-page") as ahead, \
+                PageGroup(self.cat, self.src.name) as group:
             upcoming = ahead.submit(self._fetch_page, key)
             while True:
                 try:
                     table = upcoming.result()
                 except MirrorError as exc:
                     report.errors.append(f"page after {key}: {exc.message}")
-                    return
+                    return  # the pages before it commit as the group closes
                 if table.num_rows == 0:
                     break
                 last = self._last_key(table)
                 more = table.num_rows >= self.page or not self.limit_known
                 if more:
                     upcoming = ahead.submit(self._fetch_page, last)
-                self._page_done(report, table, key, last, t0, dry_run=dry_run)
+                self._page_done(report, table, key, last, t0, dry_run=dry_run,
+                                conn=group.conn())
+                # commit while the next page is still on its way (the wait is free), else
+                # keep writing into the same transaction up to the group's size or age
+                group.added(table.num_rows,
+                            None if dry_run else (report.windows - 1, table.num_rows, last.id),
+                            waiting=more and not upcoming.done())
                 key = last
-                self._check_cancel()
+                if self._stopping():
+                    group.commit()
+                    self._check_cancel()
                 if not more:
                     break
         if not dry_run and not self.wm and not report.errors:
@@ -246,8 +257,9 @@ class Harvester:
                          self.client.url)
 
     def _page_done(self, report: SyncReport, table: pa.Table, key: plan.Key | None,
-                   last: plan.Key, t0: float, *, dry_run: bool) -> None:
-        counts = self._apply(table, report, dry_run=dry_run, window=(key, last))
+                   last: plan.Key, t0: float, *, dry_run: bool,
+                   conn: sa.Connection | None = None) -> None:
+        counts = self._apply(table, report, dry_run=dry_run, window=(key, last), conn=conn)
         report.add(counts)
         self.windows.append((key, last, table.num_rows))
         report.windows += 1
@@ -256,10 +268,13 @@ class Harvester:
                        "windows": report.windows, "rate": report.rows / elapsed})
 
     def _apply(self, table: pa.Table, report: SyncReport, *, dry_run: bool,
-               window: tuple[plan.Key | None, plan.Key] | None = None) -> PageCounts:
+               window: tuple[plan.Key | None, plan.Key] | None = None,
+               conn: sa.Connection | None = None) -> PageCounts:
+        """Write one page in `conn`'s transaction (a page group's), else in one of its own."""
         if dry_run:
             self.seen.update(table.column(self.src.id_column).to_pylist())
-        with self.cat.begin() as conn:
+        in_group = conn  # a page group's transaction logs its windows when it commits
+        with contextlib.nullcontext(conn) if conn is not None else self.cat.begin() as conn:
             if self.append_only and window is not None and not dry_run:
                 # first pass into an empty table: every row is new, skip the comparison
                 counts = PageCounts(new=obscore.append_page(
@@ -285,8 +300,9 @@ class Harvester:
                     runs.set_cursor(conn, self.src.name, _text(upper.watermark), upper.id)
                 else:
                     runs.set_cursor(conn, self.src.name, None, upper.id)
-                log.info("%s: window %d committed, %d rows up to %s", self.src.name,
-                         report.windows, table.num_rows, upper.id)
+                if in_group is None:
+                    log.info("%s: window %d committed, %d rows up to %s", self.src.name,
+                             report.windows, table.num_rows, upper.id)
         return counts
 
     def _last_key(self, table: pa.Table) -> plan.Key:
@@ -443,6 +459,67 @@ class Harvester:
                 report.proof_ok = False
                 report.errors.append(f"the service counts {report.upstream_count} rows, the "
                                      f"mirror holds {report.local_count}")
+
+
+class PageGroup:
+    """One open transaction over consecutive pages, committed when the next page is still
+    being fetched (the commit overlaps the wait), else every `COMMIT_ROWS` rows or
+    `COMMIT_SECONDS`, and when the group closes without an exception (rolled back with one).
+
+    Fewer, larger commits where pages arrive faster than they are written: a commit per
+    10,000-row page cost ~15 % of the ingest (WAL flush and fsync each time), and a
+    transaction of more than a row group (122,880 rows) lets DuckDB write whole row groups to
+    the file instead of through the WAL. Each window's "committed" log line is written after
+    its commit, never before."""
+
+    COMMIT_ROWS = 50_000
+    COMMIT_SECONDS = 5.0
+
+    def __init__(self, catalogue: Catalogue, source: str) -> None:
+        self.cat = catalogue
+        self.source = source
+        self._open: contextlib.ExitStack | None = None
+        self._conn: sa.Connection | None = None
+        self._rows = 0
+        self._since = 0.0
+        self._windows: list[tuple[int, int, object]] = []
+
+    def conn(self) -> sa.Connection:
+        if self._conn is None:
+            self._open = contextlib.ExitStack()
+            self._conn = self._open.enter_context(self.cat.begin())
+            self._rows, self._since = 0, time.monotonic()
+        return self._conn
+
+    def added(self, rows: int, window: tuple[int, int, object] | None, *,
+              waiting: bool) -> None:
+        """A page of `rows` was written as `window` (seq, rows, last id; None: nothing to log)."""
+        self._rows += rows
+        if window is not None:
+            self._windows.append(window)
+        if (waiting or self._rows >= self.COMMIT_ROWS
+                or time.monotonic() - self._since >= self.COMMIT_SECONDS):
+            self.commit()
+
+    def commit(self) -> None:
+        if self._open is not None:
+            opened, self._open, self._conn = self._open, None, None
+            opened.close()
+            for seq, rows, last in self._windows:
+                log.info("%s: window %d committed, %d rows up to %s", self.source, seq, rows,
+                         last)
+        self._windows = []
+
+    def __enter__(self) -> PageGroup:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if kind is None:
+            self.commit()
+        elif self._open is not None:
+            opened, self._open, self._conn, self._windows = self._open, None, None, []
+            opened.__exit__(kind, exc, tb)  # rolls the open group back
 
 
 def _scalar(body: bytes) -> int:
