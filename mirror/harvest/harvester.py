@@ -246,6 +246,10 @@ class Harvester:
                     self._check_cancel()
                 if not more:
                     break
+        if report.rows:  # the rate once the last group is committed, not before
+            self.progress({"phase": "rows", "source": self.src.name, "rows": report.rows,
+                           "windows": report.windows,
+                           "rate": report.rows / max(time.monotonic() - t0, 1e-9)})
         if not dry_run and not self.wm and not report.errors:
             with self.cat.begin() as conn:  # a completed full pass starts over next time
                 runs.set_cursor(conn, self.src.name, None, None)
