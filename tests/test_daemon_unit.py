@@ -194,6 +194,18 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untype
     return False
 
 
+def collect(notes: StoreNotes, expected: set[str], timeout: float = 10.0) -> set[str]:
+    """Every path noted until `expected` are all in (inotify events lag on a loaded machine),
+    plus whatever else arrives in a short grace period after: a stray note must show."""
+    seen: set[str] = set()
+    end = time.monotonic() + timeout
+    while not expected <= seen and time.monotonic() < end:
+        seen |= notes.take()[0]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return seen | notes.take()[0]
+
+
 def test_watcher_notes_hand_edits_but_not_the_stores_own_writes(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = Store(root)
@@ -210,14 +222,12 @@ def test_watcher_notes_hand_edits_but_not_the_stores_own_writes(tmp_path: Path) 
         store.put("VHS/new.fits", b"n" * 100)  # the fetcher's way: .part, fsync, link
         store.put("HARPS/keep.fits", b"k" * 100, replace=True)  # re-fetch: .part, rename
         store.quarantine("HARPS/edited.fits", "test")  # wait: quarantine is a move away
-        time.sleep(0.5)
-        own, _ = notes.take()
+        own = collect(notes, {"HARPS/edited.fits"})
         (root / "HARPS/gone.fits").unlink()
         with open(root / "VHS/new.fits", "ab") as f:
             f.write(b"tampered")
         assert wait_for(lambda: woken.is_set())
-        time.sleep(0.3)
-        by_hand, _ = notes.take()
+        by_hand = collect(notes, {"HARPS/gone.fits", "VHS/new.fits"})
     finally:
         watchers.stop()
     # own writes: only the quarantine's move (a removal from the product's path) is noted
