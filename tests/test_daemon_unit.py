@@ -126,6 +126,7 @@ def capture(fmt: str, secrets: list[str]) -> tuple[logging.Logger, io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logs.JsonFormatter() if fmt == "json" else logs.TextFormatter())
+    handler.addFilter(logs.SourceFilter())
     handler.addFilter(logs.RedactFilter(lambda: secrets))
     logger = logging.getLogger(f"test.daemon.{fmt}.{id(stream)}")
     logger.handlers[:] = [handler]
@@ -163,6 +164,24 @@ def test_json_logs_are_one_object_per_line_with_time_level_event_source() -> Non
     assert second["level"] == "error" and second["source"] is None
     assert token not in lines[1] and "***" in second["message"]
     assert second["url"] == "http://x/?t=***"
+
+
+def test_records_logged_during_a_sources_run_carry_its_name_in_that_thread_only() -> None:
+    logger, stream = capture("json", [])
+    text_logger, text = capture("text", [])
+    with logs.for_source("eso"):
+        logger.info("eso: window 3 committed")  # the harvester names the source itself
+        text_logger.info("eso: window 3 committed")
+        text_logger.info("retrying")
+        logger.info("explicit", extra={"source": "other"})
+        worker = threading.Thread(target=lambda: logger.info("from a server thread"))
+        worker.start()
+        worker.join()
+    logger.info("after the run")
+    other = [json.loads(line)["source"] for line in stream.getvalue().splitlines()]
+    assert other == ["eso", "other", None, None]
+    assert text.getvalue().count("eso: ") == 2 and "eso: eso:" not in text.getvalue()
+    assert "eso: retrying" in text.getvalue()
 
 
 def test_secrets_of_reads_every_configured_token(tmp_path: Path,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -21,6 +23,31 @@ MIN_SECRET = 4  # shorter values would mask ordinary words
 # attributes every LogRecord has; anything else was passed with `extra=` and is a field
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
                                                                            "taskName"}
+
+
+_SOURCE: ContextVar[str | None] = ContextVar("mirror_log_source", default=None)
+
+
+@contextmanager
+def for_source(name: str) -> Iterator[None]:
+    """Records logged by this thread meanwhile carry `source=name` (the harvester and the
+    fetcher log without it; a collector filters JSON lines by the field)."""
+    token = _SOURCE.set(name)
+    try:
+        yield
+    finally:
+        _SOURCE.reset(token)
+
+
+class SourceFilter(logging.Filter):
+    """Give a record without a `source` field the source being run in its thread, if any."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "source", None) is None:
+            name = _SOURCE.get()
+            if name is not None:
+                record.source = name
+        return True
 
 
 def secrets_of(config: Config) -> list[str]:
@@ -92,7 +119,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         source = getattr(record, "source", None)
-        record.prefix = f"{source}: " if source else ""
+        said = source and record.getMessage().startswith(f"{source}:")  # named it already
+        record.prefix = f"{source}: " if source and not said else ""
         return super().format(record)
 
 
@@ -101,6 +129,7 @@ def setup(fmt: str, secrets: Callable[[], Iterable[str]], *, debug: bool = False
     """Route every log record through one redacting handler in the chosen format."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(SourceFilter())
     handler.addFilter(RedactFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from mirror.api import Mirror
 from mirror.catalogue.models import products as products_table
+from mirror.daemon import logs
 from mirror.daemon.reload import reload
 from mirror.daemon.schedule import Schedule, timings
 from mirror.daemon.state import QUEUE_STATES, DaemonState, iso
@@ -114,7 +115,8 @@ class Worker:
 
     def _run_source(self, name: str) -> None:
         started = datetime.now(UTC)
-        outcome = self._cycle(name)
+        with logs.for_source(name):
+            outcome = self._cycle(name)
         if self.stop.is_set() or name not in self.schedule.clocks:
             return  # stopped midway, or removed by a reload while it ran: nothing to plan
         now = self.clock()
