@@ -15,6 +15,7 @@ of each process tree (the CLI with its workers; /proc polled every 20 ms).
     python bench/export.py                       # 2,000 spectra, grid 3800:6900:0.5
     python bench/export.py --grid 3800:6900:0.05 # the issue's example grid, 62,001 pixels
     python bench/export.py --spectra 300         # a smoke check
+    python bench/export.py --format parquet      # mirror writes Parquet (zstd) instead of npz
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spectra", type=int, default=2000)
     parser.add_argument("--grid", default="3800:6900:0.5")
+    parser.add_argument("--format", default="npz", choices=("npz", "parquet", "hdf5", "zarr"),
+                        help="mirror's output format (the plain loop writes .npy files)")
     parser.add_argument("--child", nargs=3, metavar=("PATHS", "GRID", "OUT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,12 +163,13 @@ def main() -> None:
         runs: dict[tuple[str, int], tuple[float, float]] = {}
         for n in sizes:
             for label in ("mirror", "plain"):
-                runs[label, n] = run(label, files[:n], cfg, args.grid, tmp / f"{label}{n}")
-        report(runs, sizes, args.grid)
+                runs[label, n] = run(label, files[:n], cfg, args.grid, tmp / f"{label}{n}",
+                                     args.format)
+        report(runs, sizes, args.grid, args.format)
 
 
 def run(label: str, files: list[tuple[str, Path]], cfg: Path, grid: str,
-        out: Path) -> tuple[float, float]:
+        out: Path, fmt: str = "npz") -> tuple[float, float]:
     """(seconds, peak PSS MB) of one export of `files`, each side in its own process."""
     if label == "plain":
         listing = out.with_suffix(".txt")
@@ -174,7 +178,7 @@ def run(label: str, files: list[tuple[str, Path]], cfg: Path, grid: str,
     else:
         where = f"dataproduct_type = 'spectrum' AND obs_publisher_did <= '{files[-1][0]}'"
         cmd = [sys.executable, "-m", "mirror.cli", "--config", str(cfg), "--json", "export",
-               "spectra", "--where", where, "--grid", grid, "--out", str(out)]
+               "spectra", "--where", where, "--grid", grid, "--format", fmt, "--out", str(out)]
     seconds, rss, printed = measured(cmd)
     if label == "mirror":
         exported = json.loads(printed)["exported"]
@@ -184,10 +188,11 @@ def run(label: str, files: list[tuple[str, Path]], cfg: Path, grid: str,
 
 
 def report(runs: dict[tuple[str, int], tuple[float, float]], sizes: list[int],
-           grid: str) -> None:
+           grid: str, fmt: str) -> None:
     start, stop, step = (float(v) for v in grid.split(":"))
     pixels = int(round((stop - start) / step)) + 1
-    print(f"HARPS spectra onto {grid} ({pixels:,} pixels), {os.cpu_count()} cores")
+    print(f"HARPS spectra onto {grid} ({pixels:,} pixels), mirror writing {fmt}, "
+          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     for (label, n), (seconds, rss) in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"  {label:7s} {n:6,} spectra  {n / seconds:7,.0f} spectra/s  "
               f"({seconds:6.2f} s)  peak PSS {rss:6,.0f} MB")
