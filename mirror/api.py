@@ -98,7 +98,8 @@ class Mirror:
             reports.append(Harvester(cat, src, client, progress, cancel=cancel)
                            .run(dry_run=dry_run, full=full))
         self._close_runner()  # tables and columns may have changed
-        if not dry_run and any(r.run_id is not None for r in reports):
+        stopping = cancel is not None and cancel.is_set()  # stop fast; the resumed sync
+        if not dry_run and not stopping and any(r.run_id is not None for r in reports):
             refresh_after_sync(cat, reports)  # the data profiles follow the rows
         return reports
 
