@@ -207,6 +207,35 @@ def test_a_query_over_its_time_limit_is_stopped_and_the_runner_goes_on(big: Cata
     runner.close()
 
 
+def test_a_short_time_limit_after_long_ones_still_stops_its_query(big: Catalogue) -> None:
+    runner = Runner(big, timeout=60)
+    for _ in range(3):  # the watchdog now sleeps until a deadline a minute away
+        runner.run_sql("SELECT count(*) FROM big", timeout=60)
+    started = time.monotonic()
+    with pytest.raises(QueryTimeoutError):
+        runner.run_sql(SLOW, timeout=0.2)
+    assert time.monotonic() - started < 10
+    runner.close()
+
+
+def test_results_read_through_the_db_api_when_the_engine_submit_is_missing() -> None:
+    import duckdb
+
+    from mirror.query.runner import _read
+
+    con = duckdb.connect()
+
+    class PlainConnection:  # the public DB-API only, as another DuckDB build offers
+        def execute(self, sql: str, params: Any = None) -> Any:
+            return con.execute(sql, params) if params is not None else con.execute(sql)
+
+    plain = _read(PlainConnection(), "SELECT range AS i FROM range(30000)", 25_001)  # type: ignore[arg-type]
+    fast = _read(con, "SELECT range AS i FROM range(30000)", 25_001)
+    assert plain.equals(fast) and plain.num_rows == 25_001
+    assert _read(PlainConnection(), "SELECT ? AS v", None, [7]).to_pylist() == [{"v": 7}]  # type: ignore[arg-type]
+    con.close()
+
+
 def test_run_sql_reads_no_more_than_the_limit(big: Catalogue) -> None:
     runner = Runner(big)
     assert runner.run_sql("SELECT i FROM big", limit=25_001).num_rows == 25_001
