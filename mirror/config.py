@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mirror.errors import ConfigError
 
@@ -123,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve", "token_env", str, "",
             "environment variable holding the bearer token every request must carry; "
             "required when host is not 127.0.0.1", 'token_env = "MIRROR_SERVE_TOKEN"'),
+    Setting("serve", "public_url", str, "",
+            "the URL clients reach the service at, when not http://HOST:PORT (behind a "
+            "reverse proxy, or a wildcard bind): product, DataLink, job and capability links "
+            "use it", 'public_url = "https://mirror.example.org/tap"'),
     Setting("serve", "max_queries", int, 4,
             "queries running at once (each on its own read-only cursor)", "max_queries = 4",
             minimum=1),
@@ -223,6 +228,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     token_env: str = ""
+    public_url: str = ""
     max_queries: int = 4
     queue_seconds: float = 5.0
     max_body_kb: int = 256
@@ -232,6 +238,7 @@ class ServeConfig:
     def token(self) -> str | None:
         """The bearer token from the environment, read at use so it never sits in config."""
         return os.environ.get(self.token_env) or None if self.token_env else None
+
 
 
 @dataclass(frozen=True)
@@ -353,6 +360,8 @@ def _section(data: dict[str, Any], section: str, file: Path) -> dict[str, Any]:
         out[setting.name] = _coerce(setting, raw[setting.name], file)
     if section == "source":
         _check_source(out, file)
+    if section == "serve" and out["public_url"]:
+        _check_public_url(out["public_url"], file)
     return out
 
 
@@ -367,6 +376,14 @@ def _coerce(setting: Setting, value: Any, file: Path) -> Any:
         raise ConfigError(f"{file}: {setting.key} must be at least {setting.minimum}, "
                           f"not {value!r}", f"a valid example: {setting.example}")
     return value
+
+
+def _check_public_url(url: str, file: Path) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{file}: serve.public_url {url!r} is not an http(s) URL without a "
+                          "query or fragment",
+                          'a valid example: public_url = "https://mirror.example.org/tap"')
 
 
 def _check_source(src: dict[str, Any], file: Path) -> None:

@@ -318,3 +318,15 @@ def test_memory_limit_must_be_a_size(tmp_path: Path) -> None:
     assert "512MB" in (caught.value.hint or "")
     config.write_text('[catalogue]\nmemory_limit = "512MB"\n', encoding="utf-8")
     assert load_config(config).memory_limit == "512MB"
+
+
+@pytest.mark.parametrize("url", ["ftp://mirror.example.org/tap", "mirror.example.org/tap",
+                                 "https://mirror.example.org/tap?x=1", "https:///tap"])
+def test_a_public_url_that_is_not_an_http_base_is_refused_with_an_example(
+        tmp_path: Path, url: str) -> None:
+    error = raises_config_error(config_with(tmp_path, "serve", "public_url", toml_value(url)))
+    assert "serve.public_url" in error.message and url in error.message
+    assert valid_examples(error.hint, "serve", tmp_path)
+    ok = load_config(config_with(tmp_path, "serve", "public_url",
+                                 toml_value("https://mirror.example.org/tap/")))
+    assert ok.serve.public_url == "https://mirror.example.org/tap/"

@@ -652,3 +652,37 @@ def test_abort_stops_a_running_job_and_spares_the_next_query(mirror: Mirror) -> 
         assert time.monotonic() - started < 10, "the aborted query kept its runner"
         assert c.get(url + "/phase").text == "ABORTED"
     ctx.close()
+
+
+def test_links_follow_the_public_url_behind_a_proxy(mirror: Mirror) -> None:
+    """[serve] public_url: capabilities, async job URLs and product links name the proxy's
+    base, not the address the service binds."""
+    import dataclasses
+    import http.client
+    import urllib.parse
+
+    from mirror.server.service import LocalService
+
+    public = "https://mirror.example.org/tap"
+    config = dataclasses.replace(mirror.config, serve=dataclasses.replace(
+        mirror.config.serve, public_url=public + "/"))
+    ctx = ServiceContext(mirror.catalogue(write=True), config)
+    try:
+        with LocalService(ctx) as service:
+            bound = urllib.parse.urlsplit(service.url)
+            conn = http.client.HTTPConnection(bound.hostname, bound.port, timeout=30)
+            conn.request("GET", "/capabilities")
+            caps = conn.getresponse().read().decode()
+            body = urllib.parse.urlencode({"LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM "
+                                           "ivoa.obscore"})
+            conn.request("POST", "/async", body,
+                         {"Content-Type": "application/x-www-form-urlencoded"})
+            created = conn.getresponse()
+            created.read()
+            conn.close()
+        assert ctx.base_url == public
+        assert f">{public}</accessURL>" in caps and service.url not in caps
+        assert created.status == 303
+        assert created.getheader("Location", "").startswith(f"{public}/async/")
+    finally:
+        ctx.close()

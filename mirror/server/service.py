@@ -53,8 +53,8 @@ class LocalService:
         self._sock = bind(self.host, self.port)
         port = self._sock.getsockname()[1]
         self.url = _public_url(self.host, port)
-        if not self.ctx.base_url:
-            self.ctx.base_url = self.url
+        if not self.ctx.base_url:  # what clients are given: [serve] public_url, else ours
+            self.ctx.base_url = self.ctx.config.serve.public_url.rstrip("/") or self.url
         if not is_loopback(self.host):
             log.warning("serving the catalogue on %s: every client needs the bearer token",
                         self.url)
