@@ -342,3 +342,34 @@ def test_without_fsync_files_are_still_complete(srv, tmp_path):
         t.close()
     assert t._sealer.args[-1] == "0"  # the sealer process was told not to fsync
     assert out.error is None and out.sha256 == SHA and (tmp_path / "f").read_bytes() == DATA
+
+
+def test_bodies_are_written_by_libcurl_itself_not_a_python_callback(srv, transport, tmp_path):
+    srv.files["/f"] = DATA
+    assert one(transport, srv.url + "/f", tmp_path / "f").sha256 == SHA
+    assert transport._idle and all(writer is not None for _, _, writer in transport._idle)
+
+
+@pytest.mark.parametrize("buffer", [16 << 10, 1 << 20])  # fails inside fwrite / at the flush
+def test_a_write_error_mid_body_is_permanent(srv, tmp_path, buffer):
+    import resource
+    import signal
+
+    srv.files["/f"] = DATA
+    t = Transport(chunk_hint=buffer)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        one(t, srv.url + "/f", tmp_path / "warm")  # the sealer starts without the limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, old_limit[1]))
+        try:
+            out = one(t, srv.url + "/f", tmp_path / "f")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+            signal.signal(signal.SIGXFSZ, old_handler)
+        assert out.error is not None and "cannot write" in out.error and not out.transient
+        assert (tmp_path / "f").stat().st_size <= 100_000
+        again = one(t, srv.url + "/f", tmp_path / "g")  # the pooled handle kept no stale bytes
+        assert again.error is None and again.sha256 == SHA
+    finally:
+        t.close()

@@ -9,11 +9,16 @@ network loop, which costs more than the hashing itself for small files. Run as
          D <id>                 forget the file (the transfer was dropped)
          P <id>                 answer "P <id> - " once everything before it is answered
     out  <id> <size> <sha256 hex> <error or nothing>
+
+New stretches of a file are hashed from a read-only mapping of its pages (copying them out
+with `preadv` cost ~0.5 s of CPU per GB, a third of the sealer's work); the transport only ever
+appends to a file while it is open here, so a mapping never reaches past the end of the file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import sys
@@ -22,6 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 TICK = 0.005  # seconds between catch-ups on files still growing
+MAP_MIN = 256 << 10  # a new stretch at least this long is hashed from a mapping, not read
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the whole stretch in one go, not per page
 SLOW_FSYNC = 0.002  # when fsyncs take longer on average, they run in a pool (slow disks)
 
 
@@ -42,6 +49,13 @@ class Sealer:
     def catch_up(self, entry: list) -> int:
         fd, hasher, hashed = entry
         size = os.fstat(fd).st_size
+        if size - hashed >= MAP_MIN:  # hash the page cache in place: no copy into a buffer
+            start = hashed - hashed % mmap.ALLOCATIONGRANULARITY
+            with mmap.mmap(fd, size - start, flags=mmap.MAP_SHARED | MAP_POPULATE,
+                           prot=mmap.PROT_READ, offset=start) as window:
+                with memoryview(window) as view:
+                    hasher.update(view[hashed - start:])
+            hashed = size
         while hashed < size:
             n = os.preadv(fd, [self.view[:size - hashed]], hashed)
             if n <= 0:
