@@ -320,6 +320,18 @@ def test_prefilter_only_where_it_is_exact() -> None:
     assert "_hpx BETWEEN" in sql("INTERSECTS(POINT(s_ra, s_dec), BOX(1, 2, 3, 4)) = 1")
 
 
+def test_a_cone_of_radius_zero_or_a_hair_is_prefiltered_and_exact(
+        con: duckdb.DuckDBPyConnection) -> None:
+    ra, dec = con.execute("SELECT s_ra, s_dec FROM obscore_syn WHERE s_ra IS NOT NULL LIMIT 1").fetchone()
+    for radius in (0.0, 1e-9, 1e-7, 2e-7):  # cdshealpix panicked below ~2e-7 degree
+        adql = (f"SELECT obs_id FROM ivoa.obscore WHERE "
+                f"CONTAINS(POINT(s_ra, s_dec), CIRCLE({ra!r}, {dec!r}, {radius!r})) = 1")
+        fast = translate(adql, TABLES)
+        assert f"{HPX_COLUMN} BETWEEN" in fast.sql
+        assert {r[0] for r in con.execute(fast.sql).fetchall()} == \
+            ids_of(con, adql, prefilter_spatial=False) != set()
+
+
 def test_prefilter_public_api_path_gives_the_same_ranges(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fast = prefilter_module.shape_ranges([10.0, -20.0, 0.5])

@@ -39,6 +39,7 @@ def _native_cone_search() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndar
     return cone_search  # type: ignore[no-any-return]
 
 MAX_RANGES = 24
+_DELTA_DEPTH = 2  # the cone search's cells go this much deeper than the depth asked
 _CELL_DEG = 58.6  # side of a depth-0 HEALPix cell, roughly
 _POSITION = ("s_ra", "s_dec")
 
@@ -181,7 +182,10 @@ def shape_ranges(values: list[float]) -> list[tuple[int, int]] | None:
     ra, dec, radius = cone_of(values)
     if not (0 <= radius < 90) or abs(dec) > 90 or any(math.isnan(v) for v in values):
         return None
-    depth = min(HPX_DEPTH, max(0, int(math.log2(_CELL_DEG / max(radius, 1e-9)))))
+    # the cone search reaches _DELTA_DEPTH deeper than `depth`, and never past HPX_DEPTH (a
+    # radius under ~1e-7 degree, 0 included, made cdshealpix panic)
+    depth = min(HPX_DEPTH - _DELTA_DEPTH,
+                max(0, int(math.log2(_CELL_DEG / max(radius, 1e-9)))))
     while True:
         ranges = _merge(_cone(ra, dec, radius, depth))
         if len(ranges) <= MAX_RANGES or depth == 0:
@@ -195,7 +199,7 @@ def _cone(ra: float, dec: float, radius: float, depth: int) -> tuple[np.ndarray,
     rad = math.radians(radius) * (1 + 1e-9) + 1e-12  # never lose a pixel to rounding
     native = _native_cone_search()
     if native is not None:
-        ipix, depths, _ = native(np.uint8(depth), np.uint8(2), np.float64(lon),
+        ipix, depths, _ = native(np.uint8(depth), np.uint8(_DELTA_DEPTH), np.float64(lon),
                                        np.float64(lat), np.float64(rad), False)
         return ipix, depths
     import astropy.units as u
