@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import queue
+import select
 import sys
 import threading
 import time
@@ -38,13 +38,24 @@ class Sealer:
         self.files: dict[str, list] = {}  # id -> [fd, hasher, hashed bytes]
         self.view = memoryview(bytearray(1 << 20))
         self.lock = threading.Lock()
+        self.out: list[str] = []
         self.pool: ThreadPoolExecutor | None = None
         self.avg = 0.0
 
     def answer(self, line: str) -> None:
-        with self.lock:
-            sys.stdout.buffer.write(line.encode() + b"\n")
-            sys.stdout.buffer.flush()
+        if threading.current_thread() is threading.main_thread():
+            self.out.append(line)  # sent with the others of this turn by `send`
+            return
+        with self.lock:  # an fsync thread of the pool
+            _write_all(f"{line}\n".encode())
+
+    def send(self) -> None:
+        """One write for all answers of a turn of the main loop (one wake-up of the parent)."""
+        if self.out:
+            data = ("\n".join(self.out) + "\n").encode()
+            self.out.clear()
+            with self.lock:
+                _write_all(data)
 
     def catch_up(self, entry: list) -> int:
         fd, hasher, hashed = entry
@@ -119,37 +130,40 @@ class Sealer:
         self.answer(f"{ident}\t{size}\t{digest}\t{error}")
 
 
+def _write_all(data: bytes) -> None:
+    while data:
+        data = data[os.write(1, data):]
+
+
 def main() -> None:
     sealer = Sealer(fsync=sys.argv[1] == "1")
-    lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-
-    def read() -> None:  # drains stdin at once, so the parent's writes never block for long
-        for line in sys.stdin.buffer:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
-    while True:
+    os.set_blocking(0, False)
+    waiter = select.poll()
+    waiter.register(0, select.POLLIN)
+    pending, ended = b"", False
+    while not ended:
         growing = any(e[0] is not None for e in sealer.files.values())
-        try:
-            line = lines.get(timeout=TICK) if growing else lines.get()
-        except queue.Empty:
-            line = b""
-        while line:
-            kind, ident, *rest = line.decode().rstrip("\n").split("\t")
-            sealer.handle(kind, ident, rest)
-            try:
-                line = lines.get_nowait()
-            except queue.Empty:
-                break
-        if line is None:
-            break
+        if waiter.poll(TICK * 1000 if growing else None):
+            while True:  # all there is: the parent never waits on a full pipe for long
+                try:
+                    chunk = os.read(0, 1 << 20)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    ended = True
+                    break
+                pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                kind, ident, *rest = line.decode().split("\t")
+                sealer.handle(kind, ident, rest)
         for entry in sealer.files.values():
             if entry[0] is not None:
                 try:
                     sealer.catch_up(entry)
                 except OSError:
                     pass  # reported when the file ends
+        sealer.send()
     if sealer.pool is not None:
         sealer.pool.shutdown()
 

@@ -16,6 +16,7 @@ to the project's errors and decides on retries.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import logging
 import os
@@ -164,6 +165,11 @@ class Transport:
                 [sys.executable, "-I", "-S", SEALER, str(int(self.fsync))],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
             self._from_sealer = self._sealer.stdout.fileno()  # type: ignore[union-attr]
+            try:  # room for thousands of lines while the sealer hashes a long stretch
+                fcntl.fcntl(self._sealer.stdin.fileno(),  # type: ignore[union-attr]
+                            fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass  # the default 64 KiB: the loop then may wait a little now and then
             os.set_blocking(self._from_sealer, False)
             self._epoll.register(self._from_sealer, select.EPOLLIN)
         try:
@@ -422,7 +428,7 @@ class Transport:
         self._to_seal.clear()
         stdin = self._sealer.stdin  # type: ignore[union-attr]
         assert stdin is not None
-        while data:  # the sealer reads its input in a thread of its own: this does not block long
+        while data:  # the sealer drains its input every turn (at most a few ms apart)
             data = data[stdin.write(data) or 0:]
 
     def _collect(self, block: bool = False) -> list[str]:
