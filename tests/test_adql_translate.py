@@ -322,7 +322,8 @@ def test_prefilter_only_where_it_is_exact() -> None:
 
 def test_a_cone_of_radius_zero_or_a_hair_is_prefiltered_and_exact(
         con: duckdb.DuckDBPyConnection) -> None:
-    ra, dec = con.execute("SELECT s_ra, s_dec FROM obscore_syn WHERE s_ra IS NOT NULL LIMIT 1").fetchone()
+    ra, dec = con.execute("SELECT s_ra, s_dec FROM obscore_syn "
+                          "WHERE s_ra IS NOT NULL LIMIT 1").fetchone()
     for radius in (0.0, 1e-9, 1e-7, 2e-7):  # cdshealpix panicked below ~2e-7 degree
         adql = (f"SELECT obs_id FROM ivoa.obscore WHERE "
                 f"CONTAINS(POINT(s_ra, s_dec), CIRCLE({ra!r}, {dec!r}, {radius!r})) = 1")

@@ -20,7 +20,8 @@ import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
-from mirror.adql import MACROS, translate
+from mirror.adql import MACROS
+from mirror.adql.cache import TranslationCache
 from mirror.catalogue.engine import Catalogue
 from mirror.errors import QueryError, QueryTimeoutError
 from mirror.query.result import QueryResult, annotate, unique_names
@@ -39,6 +40,7 @@ class Runner:
         self.maxrec = maxrec
         self._con: duckdb.DuckDBPyConnection | None = None
         self._tables: CatalogueTables | None = None
+        self._translations: TranslationCache | None = None
         self._generation = 0
         self._watchdog: Watchdog | None = None
         self._lock = threading.Lock()
@@ -63,6 +65,7 @@ class Runner:
         if self._tables is None or self._generation != generation:
             with duckdb_errors(self.timeout):
                 self._tables = CatalogueTables.load(self.con)
+            self._translations = TranslationCache(self._tables)
             self._generation = generation
         return self._tables
 
@@ -71,7 +74,11 @@ class Runner:
         """Translate and run `adql`; at most `maxrec` rows, `overflow` set when more matched."""
         started = time.perf_counter()
         cap = self.maxrec if maxrec is None else maxrec
-        translation = translate(adql, self.tables, maxrec=cap)
+        tables = self.tables
+        translations = self._translations
+        if translations is None or translations.tables is not tables:  # tables set from outside
+            translations = self._translations = TranslationCache(tables)
+        translation = translations.translate(adql, maxrec=cap)
         # the SQL stops one row past the cap when MAXREC binds: a cut result is told from a fit
         limit = cap if translation.limit is None else translation.limit
         arrow = self.run_sql(translation.sql, limit=limit + 1, timeout=timeout)
