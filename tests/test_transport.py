@@ -373,3 +373,30 @@ def test_a_write_error_mid_body_is_permanent(srv, tmp_path, buffer):
         assert again.error is None and again.sha256 == SHA
     finally:
         t.close()
+
+
+def test_a_forked_child_never_writes_the_parents_buffered_body_bytes(tmp_path):
+    import ctypes
+
+    import pycurl
+
+    from mirror.fetch import _cwrite
+
+    libc = ctypes.CDLL(None)
+    curl = pycurl.Curl()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    writer = _cwrite.attach(curl, devnull, 1 << 20)
+    assert writer is not None
+    dest = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.dup2(dest, writer.fd)
+    libc.fwrite(b"body", 1, 4, ctypes.c_void_p(writer.fp))  # as libcurl does: buffered
+    pid = os.fork()
+    if pid == 0:
+        libc.exit(0)  # libc's exit flushes every stdio buffer the child has
+    os.waitpid(pid, 0)
+    assert writer.flush() is None
+    assert (tmp_path / "f").read_bytes() == b"body"
+    writer.close()
+    curl.close()
+    os.close(dest)
+    os.close(devnull)

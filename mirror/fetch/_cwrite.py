@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import weakref
 
 import pycurl
 
@@ -57,15 +58,28 @@ def _load() -> _Libs | None:
 
 
 _LIBS = _load()
+_OPEN: weakref.WeakSet[CWriter] = weakref.WeakSet()
+
+
+def _forget_buffers_in_child() -> None:
+    """A forked child that exits through libc's exit() would flush every stdio buffer into
+    the fds it inherited: the parent's unwritten body bytes would land in its files twice."""
+    if _LIBS is not None:
+        for writer in list(_OPEN):
+            _LIBS.fpurge(writer.fp)
+
+
+os.register_at_fork(after_in_child=_forget_buffers_in_child)
 
 
 class CWriter:
     """A buffered libc FILE on `fd` that libcurl writes a handle's body into; see module doc."""
 
-    __slots__ = ("fp", "fd")
+    __slots__ = ("fp", "fd", "__weakref__")
 
     def __init__(self, fp: int, fd: int) -> None:
         self.fp, self.fd = fp, fd
+        _OPEN.add(self)
 
     def flush(self) -> OSError | None:
         """Write out the buffer; on failure drop it (the transfer is failed) and say why."""
@@ -81,6 +95,7 @@ class CWriter:
     def close(self) -> None:
         """Drop unwritten bytes and close the FILE with its fd."""
         assert _LIBS is not None
+        _OPEN.discard(self)
         _LIBS.fpurge(self.fp)
         _LIBS.fclose(self.fp)
 
