@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config
 from mirror.server.pool import RunnerPool
+
+# threads that run /sync queries off the event loop: as many as starlette's own thread pool, so
+# a request beyond the runners waits for one in the runner pool (503 after queue_seconds), not
+# in this executor's queue
+QUERY_THREADS = 40
 
 
 @dataclass
@@ -23,14 +29,19 @@ class ServiceContext:
     state: Callable[[], dict[str, Any]] | None = None
     runners: RunnerPool = field(default=None)  # type: ignore[assignment]
     closers: list[Callable[[], None]] = field(default_factory=list)  # e.g. the async job store
+    # /sync's hop off the event loop: asyncio's run_in_executor costs about half the CPU of
+    # starlette's run_in_threadpool (anyio: cancel scopes, a capacity limiter) per request
+    workers: ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.runners is None:
             self.runners = RunnerPool.for_config(self.catalogue, self.config)
+        self.workers = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="mirror-sync")
 
     def close(self) -> None:
         """Stop the async workers, close the readers' connections (the catalogue belongs to
         whoever opened it)."""
         while self.closers:
             self.closers.pop()()
+        self.workers.shutdown(wait=False, cancel_futures=True)
         self.runners.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
+import asyncio
+import functools
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,7 +35,8 @@ def sync_endpoint(ctx: ServiceContext):  # noqa: ANN201 (a starlette endpoint)
         try:
             params = await read_params(request)
             tq = tap_query(params, ctx.runners.maxrec)
-            body, _ = await run_in_threadpool(run, ctx, tq, timeout=duration(params, ctx))
+            work = functools.partial(run, ctx, tq, timeout=duration(params, ctx))
+            body, _ = await asyncio.get_running_loop().run_in_executor(ctx.workers, work)
         except MirrorError as exc:
             return error_response(exc, ctx)
         return Response(body, media_type=tq.format.mime)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import re
 import struct
 from collections.abc import Iterable
@@ -142,12 +143,19 @@ def _head() -> str:
 
 
 def _field_xml(f: Field) -> str:
-    attrs = [("name", f.name), ("datatype", f.datatype)]
-    if f.arraysize:
-        attrs.append(("arraysize", f.arraysize))
-    meta = f.meta
-    if f.xtype:
-        attrs.append(("xtype", f.xtype))
+    return _field_text(f.name, f.datatype, f.arraysize, f.xtype, f.meta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_text(name: str, datatype: str, arraysize: str | None, xtype: str | None,
+                meta: ColumnSpec | None) -> str:
+    """A FIELD element; remembered, as every cone search of a service writes the same few
+    (escaping their descriptions was a third of writing a small result)."""
+    attrs = [("name", name), ("datatype", datatype)]
+    if arraysize:
+        attrs.append(("arraysize", arraysize))
+    if xtype:
+        attrs.append(("xtype", xtype))
     for key in ("unit", "ucd", "utype"):
         if meta is not None and getattr(meta, key):
             attrs.append((key, getattr(meta, key)))
