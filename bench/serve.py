@@ -87,11 +87,17 @@ def rows_in(body: bytes) -> int:
 
 
 def run_clients(pool: Any, host: str, port: int, batches: list[list[str]]
-                ) -> tuple[float, list[list[float]], list[list[int]]]:
+                ) -> tuple[float, list[list[float]], list[list[bytes]]]:
+    """Elapsed seconds, each client's latencies and bodies (parse them with `counts` after
+    reading the service's CPU time: astropy's parse costs more than the query)."""
     start = time.time() + 0.3
     results = pool.map(client, [(host, port, b, start) for b in batches], chunksize=1)
     elapsed = max(end for _, _, end in results) - start
-    return elapsed, [t for t, _, _ in results], [[rows_in(b) for b in c] for _, c, _ in results]
+    return elapsed, [t for t, _, _ in results], [c for _, c, _ in results]
+
+
+def counts(bodies: list[list[bytes]]) -> list[list[int]]:
+    return [[rows_in(b) for b in c] for c in bodies]
 
 
 def main() -> None:
@@ -145,23 +151,24 @@ def measure(args: argparse.Namespace, folder: Path) -> None:
         run_clients(pool, host, port, [queries[:20]] * args.clients)  # warm every runner
         # rounds interleave the three measurements: a shared machine's load drifts alike
         for part in (queries[i::args.rounds] for i in range(args.rounds)):
-            counts = []
+            rows = []
             for q in part:
                 t0 = time.perf_counter()
-                counts.append(len(runner.query(q)))
+                rows.append(len(runner.query(q)))
                 direct.append((time.perf_counter() - t0) * 1000)
-            expected += counts
+            expected += rows
             cpu0 = time.process_time()
-            seconds, [times], [got] = run_clients(pool, host, port, [part])
+            seconds, [times], bodies = run_clients(pool, host, port, [part])
             cpu[0] += time.process_time() - cpu0
-            assert got == counts, "the service answered other rows than the ADQL layer"
+            [got] = counts(bodies)
+            assert got == rows, "the service answered other rows than the ADQL layer"
             one_s, one_times = one_s + seconds, one_times + times
             per = [part[i::args.clients] for i in range(args.clients)]
             cpu0 = time.process_time()
-            seconds, _, many = run_clients(pool, host, port, per)
+            seconds, _, bodies = run_clients(pool, host, port, per)
             cpu[1] += time.process_time() - cpu0
-            for i, got in enumerate(many):
-                assert got == counts[i::args.clients], "a concurrent client got other rows"
+            for i, got in enumerate(counts(bodies)):
+                assert got == rows[i::args.clients], "a concurrent client got other rows"
             many_s += seconds
     finally:
         pool.close()
