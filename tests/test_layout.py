@@ -218,3 +218,14 @@ def test_rendered_folders_cached_by_value_and_type() -> None:
     assert str(render(template, {"a": True, "b": "x"}, ".fits")) == "True/x.fits"
     assert str(render(template, {"a": 1, "b": "x"}, ".xml")) == "1/x.xml"
     assert str(render(template, {"a": [1], "b": "x"})) == "_1_/x"  # unhashable: not cached
+
+
+@pytest.mark.parametrize("did", ["ivo://eso/ADP.2014-09-25T03:38:28.268", "../../etc/passwd",
+                                 "ivo://x/.hidden", "ivo://x/a/b?c#d", "", "ivo://x/..", "é/／"])
+def test_render_text_is_the_rendered_path_as_text(did):
+    from mirror.store.layout import render_text
+
+    template = "{obs_collection}/{t_min:%Y/%m}/{obs_publisher_did|basename}{ext}"
+    row = {"obs_collection": "a/b", "t_min": 56000.5, "obs_publisher_did": did}
+    assert render_text(template, row, ".fits") == str(render(template, row, ".fits"))
+    assert render_text(DEFAULT_TEMPLATE, row) == str(render(DEFAULT_TEMPLATE, row))

@@ -16,7 +16,7 @@ from mirror.catalogue.models import products as products_table
 from mirror.config import Config, SourceConfig
 from mirror.errors import ConfigError
 from mirror.fetch.datalink import is_datalink
-from mirror.store.layout import extension_for, render
+from mirror.store.layout import extension_for, render_text
 
 
 @dataclass
@@ -78,7 +78,7 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
             continue
         used += est
         url, fmt = cand.row.get("access_url"), cand.row.get("access_format")
-        rel = str(render(config.layout, cand.row, extension(fmt, url)))
+        rel = render_text(config.layout, cand.row, extension(fmt, url))
         owner = taken.get(rel)
         if owner is not None and owner != (src.name, cand.product_id):
             sel.errors.append(f"{cand.product_id}: its store path {rel} is already used by "

@@ -61,9 +61,17 @@ _Component = tuple["str | _Field", ...]
 def render(template: str, row: Mapping[str, object], ext: str = "", *,
            missing: str = MISSING) -> PurePosixPath:
     """The relative, sanitised store path of `row`; `{ext}` is `ext`, NULL fields `missing`."""
+    return PurePosixPath(render_text(template, row, ext, missing=missing))
+
+
+def render_text(template: str, row: Mapping[str, object], ext: str = "", *,
+                missing: str = MISSING) -> str:
+    """`render` as text, without the path object (the fetcher's selection renders one per
+    product): sanitised components never hold '/' and are never '', '.' or '..', so joining
+    them is what PurePosixPath would make."""
     dirs: list[str] = []
-    for component in _compile(template):
-        key = _component_key(component, row, ext, missing)
+    for index, component in enumerate(_compile(template)):
+        key = _component_key(template, index, component, row, ext, missing)
         done = _RENDERED.get(key) if key is not None else None
         if done is None:
             done = _render_component(component, row, ext, missing)
@@ -72,7 +80,7 @@ def render(template: str, row: Mapping[str, object], ext: str = "", *,
                     _RENDERED.clear()
                 _RENDERED[key] = done
         dirs.extend(done)
-    return PurePosixPath(*dirs)
+    return "/".join(dirs)
 
 
 # Folders repeat across thousands of products (collection, instrument, date): each distinct
@@ -82,11 +90,12 @@ RENDER_CACHE = 4096
 _RENDERED: dict[tuple[object, ...], tuple[str, ...]] = {}
 
 
-def _component_key(component: _Component, row: Mapping[str, object], ext: str,
-                   missing: str) -> tuple[object, ...] | None:
+def _component_key(template: str, index: int, component: _Component, row: Mapping[str, object],
+                   ext: str, missing: str) -> tuple[object, ...] | None:
     values = [ext if p.name == "ext" else row.get(p.name)
               for p in component if isinstance(p, _Field)]
-    key = (component, missing, *((type(v), v) for v in values))
+    # the template text names the component (a str caches its hash; the compiled fields do not)
+    key = (template, index, missing, *((type(v), v) for v in values))
     try:
         hash(key)
     except TypeError:  # an unhashable value (an array): rendered without the cache
