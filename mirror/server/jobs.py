@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from mirror.errors import MirrorError
@@ -234,10 +234,12 @@ class JobStore:
     # -- storage ------------------------------------------------------------------------------
 
     def _set(self, job: Job, phase: str, **stamps: str) -> None:
-        job.phase = phase
         for key, value in stamps.items():
             setattr(job, key, value)
-        self._save(job)
+        # saved before the phase shows: WAIT reads `job.phase` without the lock, and a client
+        # that saw COMPLETED could find job.json (or its .part) still being written
+        self._save(replace(job, phase=phase))
+        job.phase = phase
         self._changed.notify_all()
 
     def _save(self, job: Job) -> None:
