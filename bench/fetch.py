@@ -13,7 +13,11 @@ Clients, all at 16 transfers at once over HTTP/1.1 keep-alive:
     mirror `mirror.fetch.transport.Transport(concurrency=16, per_host=16, fsync=True)`, sha256 on,
            run in this process (interpreter start-up is not counted, the start of its sealer
            process is; curl's and aria2c's process start is counted, a few ms)
-    mirror-full  the whole fetch path (placeholder until it is wired: see run_mirror_full)
+    mirror-full  the whole fetch path, as `mirror fetch` runs it (see run_mirror_full)
+
+Each row also shows the CPU seconds of the run: the client's (its processes, for mirror this
+process and its sealer) and nginx's workers'; with other work on the machine those move
+less than the wall-clock figures.
 
 Latency in (b): this kernel has no `netem` qdisc, so the 50 ms are added by nginx itself:
 the echo module's `echo_sleep 0.05` (a timer, not a blocked worker) then `echo_exec` to the
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -84,6 +89,8 @@ class Result:
     seconds: float
     errors: int = 0
     note: str = ""
+    cpu: float = 0.0  # CPU seconds of the client's processes during the run
+    server_cpu: float = 0.0  # CPU seconds of nginx's workers during the run
 
     @property
     def files_s(self) -> float:
@@ -146,6 +153,40 @@ def start_nginx(root: Path) -> tuple[subprocess.Popen[bytes], str, bool]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("nginx did not listen within 10 s")
+
+
+def workers_of(master: int) -> list[int]:
+    """The pids whose parent is `master` (nginx's worker processes)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def cpu_of(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes `pids` so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of its children that have ended."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def stop_nginx(proc: subprocess.Popen[bytes]) -> None:
@@ -264,7 +305,7 @@ def run_mirror_full(urls: list[str], names: list[str], out: Path, size: int) -> 
 # -- the scenarios ------------------------------------------------------------------------------
 
 def scenario(label: str, base: str, names: list[str], size: int, digests: dict[str, str],
-             outroot: Path, repeat: int, full: bool) -> dict[str, Result]:
+             outroot: Path, repeat: int, full: bool, servers: list[int]) -> dict[str, Result]:
     """Run every client once untimed (first touches of memory are slow in a VM), then `repeat`
     times, each into a fresh folder, in a rotated order; keep each client's best time (errors
     are summed over all runs)."""
@@ -286,7 +327,9 @@ def scenario(label: str, base: str, names: list[str], size: int, digests: dict[s
             out = outroot / f"{label}-{tool}-{rnd}"
             out.mkdir(parents=True)
             try:
+                cpu, server_cpu = own_cpu(), cpu_of(servers)
                 r = clients[tool](out)
+                r.cpu, r.server_cpu = own_cpu() - cpu, cpu_of(servers) - server_cpu
             except NotImplementedError as exc:
                 r = Result(tool, 0, 0, float("nan"), note=f"skipped: {exc}")
             errors[tool] += r.errors
@@ -298,12 +341,14 @@ def scenario(label: str, base: str, names: list[str], size: int, digests: dict[s
     for tool, r in best.items():
         r.errors = errors[tool]
     print(f"\n({label}) {len(names)} files of {fmt_size(size)}, best of {repeat}")
-    print(f"    {'client':<12}{'files/s':>10}{'MB/s':>10}{'seconds':>9}  errors")
+    print(f"    {'client':<12}{'files/s':>10}{'MB/s':>10}{'seconds':>9}{'cpu s':>8}"
+          f"{'nginx s':>9}  errors")
     for r in best.values():
         if r.note.startswith("skipped"):
             print(f"    {r.tool:<12}{r.note}")
         else:
-            print(f"    {r.tool:<12}{r.files_s:>10.0f}{r.mb_s:>10.1f}{r.seconds:>9.2f}  {r.errors}"
+            print(f"    {r.tool:<12}{r.files_s:>10.0f}{r.mb_s:>10.1f}{r.seconds:>9.2f}"
+                  f"{r.cpu:>8.2f}{r.server_cpu:>9.2f}  {r.errors}"
                   + (f"  {r.note.strip()}" if r.errors and r.note else ""))
     return best
 
@@ -346,20 +391,21 @@ def main() -> int:
         small = make_files(srv / "small", small_n, 100 * KB, "s")
         large = make_files(srv / "large", large_n, 50 * MB, "l") if "c" in args.cases else {}
         nginx, base, slow = start_nginx(root)
+        servers = workers_of(nginx.pid)
         print(f"nginx {base}, files on {srv}, downloads into fresh folders under {root}")
         outroot = root / "out"
         a = b = c = None
         if "a" in args.cases:
             a = scenario("a", f"{base}/files/small", sorted(small), 100 * KB, small, outroot,
-                         repeat, full)
+                         repeat, full, servers)
         if "b" in args.cases and slow:
             b = scenario("b", f"{base}/slow/small", sorted(small), 100 * KB, small, outroot,
-                         1, full)
+                         1, full, servers)
         elif "b" in args.cases:
             print(f"\n(b) skipped: {ECHO_MODULE} missing (apt-get install libnginx-mod-http-echo)")
         if "c" in args.cases:
             c = scenario("c", f"{base}/files/large", sorted(large), 50 * MB, large, outroot,
-                         repeat, full)
+                         repeat, full, servers)
         # the targets are for mirror's whole path (verify, durable store, catalogue record)
         who = "mirror-full" if full else "mirror"
         print(f"\ntargets ({who}), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
