@@ -7,6 +7,8 @@
 The steps: parse with the ADQL dialect (`dialect`), refuse what is not a query (`safety`),
 check ADQL's own rules (`checks`), map tables and check columns (`tables`), add the HEALPix
 prefilter (`prefilter`), lower ADQL's functions and geometry to DuckDB (`rewrite`, `geometry`).
+`cache.TranslationCache` gives the same translations, remembering cone-search shapes whose SQL
+is a template of their CIRCLE numbers (clients send one shape with many centres).
 """
 
 from __future__ import annotations
