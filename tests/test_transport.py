@@ -400,3 +400,24 @@ def test_a_forked_child_never_writes_the_parents_buffered_body_bytes(tmp_path):
     curl.close()
     os.close(dest)
     os.close(devnull)
+
+
+def test_a_sealer_that_dies_is_a_store_error_with_a_hint_not_a_crash(srv, transport, tmp_path):
+    """The sealer gone mid-run (killed, or SIGBUS from a file truncated under its mapping):
+    the run stops with a StoreError that says to run again, never a RuntimeError."""
+    from mirror.errors import StoreError
+
+    for i in range(6):
+        srv.files[f"/f{i}"] = DATA
+    urls = [srv.url + "/f0"] + [srv.script(f"/f{i}", Step("serve", delay=1.0))
+                                for i in range(1, 6)]  # still in flight when the sealer dies
+    jobs = [Download(i, url, tmp_path / f"f{i}") for i, url in enumerate(urls)]
+    results = transport.run(jobs)
+    first = next(results)
+    assert first.error is None
+    transport._sealer.kill()  # type: ignore[union-attr]
+    transport._sealer.wait()  # type: ignore[union-attr]
+    with pytest.raises(StoreError) as info:
+        list(results)
+    assert "sealer" in info.value.message and "signal 9" in info.value.message
+    assert info.value.hint and "again" in info.value.hint

@@ -34,6 +34,7 @@ from typing import Any
 
 import pycurl
 
+from mirror.errors import StoreError
 from mirror.fetch import _cwrite
 from mirror.http import retry_after_seconds
 
@@ -428,8 +429,11 @@ class Transport:
         self._to_seal.clear()
         stdin = self._sealer.stdin  # type: ignore[union-attr]
         assert stdin is not None
-        while data:  # the sealer drains its input every turn (at most a few ms apart)
-            data = data[stdin.write(data) or 0:]
+        try:
+            while data:  # the sealer drains its input every turn (at most a few ms apart)
+                data = data[stdin.write(data) or 0:]
+        except BrokenPipeError as exc:
+            raise _sealer_died(self._sealer.poll()) from exc  # type: ignore[union-attr]
 
     def _collect(self, block: bool = False) -> list[str]:
         """Read the sealer's answers; complete and queue the outcomes they are for."""
@@ -442,7 +446,7 @@ class Transport:
         finally:
             os.set_blocking(self._from_sealer, False)
         if not chunk and (block or self._sealer.poll() is not None):  # type: ignore[union-attr]
-            raise RuntimeError("mirror's sealer process ended unexpectedly")
+            raise _sealer_died(self._sealer.poll())  # type: ignore[union-attr]
         *lines, self._answers = (self._answers + chunk).split(b"\n")
         barriers = []
         for line in lines:
@@ -532,3 +536,13 @@ def _expected_size(hdrs: dict[str, str], offset: int) -> int | None:
         return int(total)
     length = hdrs.get("content-length")
     return offset + int(length) if length and length.isdigit() else None
+
+
+def _sealer_died(code: int | None) -> StoreError:
+    """The hashing process is gone (a file it mapped was truncated under it: SIGBUS, or it was
+    killed): no file it had not answered for is committed, so the run can simply start over."""
+    how = f"with signal {-code}" if code is not None and code < 0 else f"with code {code}"
+    return StoreError(f"mirror's hashing process (the sealer) ended unexpectedly {how}; "
+                      "files it had not checked were not stored",
+                      "run the command again: stored files are kept and partial ones resume; "
+                      "if it recurs, check that nothing else writes into the store")
