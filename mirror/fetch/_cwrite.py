@@ -57,7 +57,18 @@ def _load() -> _Libs | None:
         return None
 
 
-_LIBS = _load()
+def _layout_known() -> bool:
+    """pycurl's CurlObject starts PyObject_HEAD, dict, weakreflist, CURL * in every release
+    from 7.19 to the 7.x of today; another major version may not, and a wrong guess would
+    read a stray pointer: only known versions are used."""
+    try:
+        version = tuple(int(p) for p in pycurl.version.split()[0].split("/")[1].split(".")[:2])
+    except (IndexError, ValueError):
+        return False
+    return (7, 19) <= version < (8, 0)
+
+
+_LIBS = _load() if _layout_known() else None
 _OPEN: weakref.WeakSet[CWriter] = weakref.WeakSet()
 
 
