@@ -94,3 +94,15 @@ def test_numbers_are_written_as_the_lowering_writes_them() -> None:
     for v in values:
         assert number_sql(v) == duckdb.generate(_number(v)), v
     assert number_sql(float("nan")) is None and number_sql(float("inf")) is None
+
+
+def test_threads_sharing_a_cache_get_the_plain_translations() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = TranslationCache(TABLES, size=4)  # small: entries are evicted while others read
+    shapes = [CONE, SHAPES[1], SHAPES[2], SHAPES[4], SHAPES[6]]
+    queries = [shapes[i % len(shapes)].format(ra=10 + i / 7, dec=-20 - i / 11, r=0.1 + i / 1000)
+               for i in range(300)]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda q: cache.translate(q, maxrec=50), queries))
+    assert got == [translate(q, TABLES, maxrec=50) for q in queries]

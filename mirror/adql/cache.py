@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class TranslationCache:
         self.size = size
         self._templates: OrderedDict[tuple, object] = OrderedDict()
         self._seen: OrderedDict[tuple, None] = OrderedDict()
+        self._lock = threading.Lock()  # a Runner of the Python API may serve several threads
 
     def translate(self, adql: str, *, maxrec: int | None = None) -> Translation:
         """The same Translation as `mirror.adql.translate(adql, tables, maxrec=maxrec)`."""
@@ -66,9 +68,11 @@ class TranslationCache:
             return translate(adql, self.tables, maxrec=maxrec)
         shape, spans, signs = found
         key = (shape, maxrec)
-        entry = self._templates.get(key)
+        with self._lock:
+            entry = self._templates.get(key)
+            if entry is not None:
+                self._templates.move_to_end(key)
         if isinstance(entry, _Template):
-            self._templates.move_to_end(key)
             values = [sign * float(adql[a:b]) for (a, b), sign in zip(spans, signs, strict=True)]
             sql = _fill(entry, values)
             if sql is not None:
@@ -76,19 +80,21 @@ class TranslationCache:
             return translate(adql, self.tables, maxrec=maxrec)
         translation = translate(adql, self.tables, maxrec=maxrec)
         if entry is None:
-            if key in self._seen:  # the second time: worth a probe translation
-                del self._seen[key]
+            with self._lock:  # the second time: worth a probe translation
+                second = self._seen.pop(key, False) is None
+                if not second:
+                    self._seen[key] = None
+                    if len(self._seen) > self.size:
+                        self._seen.popitem(last=False)
+            if second:
                 self._remember(key, self._template(adql, spans, signs, maxrec, translation))
-            else:
-                self._seen[key] = None
-                if len(self._seen) > self.size:
-                    self._seen.popitem(last=False)
         return translation
 
     def _remember(self, key: tuple, entry: object) -> None:
-        self._templates[key] = entry
-        if len(self._templates) > self.size:
-            self._templates.popitem(last=False)
+        with self._lock:
+            self._templates[key] = entry
+            if len(self._templates) > self.size:
+                self._templates.popitem(last=False)
 
     def _template(self, adql: str, spans: list[tuple[int, int]], signs: list[int],
                   maxrec: int | None, actual: Translation) -> object:
