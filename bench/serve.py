@@ -107,9 +107,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="DuckDB threads (as bench/cone.py; 1 shows scaling without "
-                             "DuckDB's own parallelism)")
+    parser.add_argument("--threads", type=int, default=ServeConfig.threads,
+                        help="DuckDB threads (default: what `mirror serve` uses, [serve] "
+                             "threads; 2 is one per core here, as bench/cone.py)")
     args = parser.parse_args()
     engine.DUCKDB_CONFIG["threads"] = args.threads
     folder = Path(tempfile.mkdtemp(prefix="mirror-serve-"))

@@ -59,15 +59,16 @@ class Mirror:
         """Load the config (`--config`, `$MIRROR_CONFIG` or `./mirror.toml`)."""
         return cls(load_config(config_path))
 
-    def catalogue(self, *, write: bool = True) -> Catalogue:
-        """The catalogue, opened read-write (created and migrated) or read-only."""
+    def catalogue(self, *, write: bool = True, threads: int | None = None) -> Catalogue:
+        """The catalogue, opened read-write (created and migrated) or read-only; `threads`
+        (DuckDB's worker threads) applies when this call opens it."""
         if self._catalogue is not None and (self._catalogue.read_only is False or not write):
             return self._catalogue
         if self._catalogue is not None:
             self._close_runner()  # its connection would keep the read-only database open
             self._catalogue.close()
         self._catalogue = Catalogue.open(self.config.catalogue_path, read_only=not write,
-                                         memory_limit=self.config.memory_limit)
+                                         memory_limit=self.config.memory_limit, threads=threads)
         if write:
             with self._catalogue.begin() as conn:
                 runs.mark_interrupted(conn)

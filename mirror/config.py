@@ -128,6 +128,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the URL clients reach the service at, when not http://HOST:PORT (behind a "
             "reverse proxy, or a wildcard bind): product, DataLink, job and capability links "
             "use it", 'public_url = "https://mirror.example.org/tap"'),
+    Setting("serve", "threads", int, 1,
+            "DuckDB threads of `mirror serve` (0: one per core). 1: each query runs on its own "
+            "thread, so concurrent small queries spread over the cores instead of queueing "
+            "for them", "threads = 1", minimum=0),
     Setting("serve", "max_queries", int, 4,
             "queries running at once (each on its own read-only cursor)", "max_queries = 4",
             minimum=1),
@@ -229,6 +233,7 @@ class ServeConfig:
     port: int = 8765
     token_env: str = ""
     public_url: str = ""
+    threads: int = 1
     max_queries: int = 4
     queue_seconds: float = 5.0
     max_body_kb: int = 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,31 @@ def test_memory_limit_from_the_config_caps_duckdb(tmp_path: Path) -> None:
         default = setting(cat, "memory_limit")
     assert capped.endswith("MiB") and 90 <= float(capped.split()[0]) <= 100
     assert capped != default
+
+
+def test_threads_one_for_the_service_else_one_per_core(tmp_path: Path) -> None:
+    with Catalogue.open(tmp_path / "m.duckdb", threads=1) as cat:
+        assert setting(cat, "threads") == "1"
+    with Catalogue.open(tmp_path / "n.duckdb", threads=0) as cat:  # 0: DuckDB's default
+        assert setting(cat, "threads") == str(os.cpu_count())
+
+
+def test_mirror_serve_opens_the_catalogue_with_the_configured_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fakes import write_config
+
+    from mirror.cli import main
+    from mirror.server.service import LocalService
+
+    seen: list[str] = []
+    monkeypatch.setattr(LocalService, "serve_forever",
+                        lambda self: seen.append(setting(self.ctx.catalogue, "threads")))
+    cfg = write_config(tmp_path, {"name": "s", "url": "http://127.0.0.1:9/tap"})
+    assert main(["--config", str(cfg), "--quiet", "serve", "--port", "0"]) == 0
+    with open(cfg, "a", encoding="utf-8") as f:
+        f.write("\n[serve]\nthreads = 0\n")
+    assert main(["--config", str(cfg), "--quiet", "serve", "--port", "0"]) == 0
+    assert seen == ["1", str(os.cpu_count())]
 
 
 def test_settings_cannot_be_changed_by_sql(tmp_path: Path) -> None:

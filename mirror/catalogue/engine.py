@@ -59,9 +59,10 @@ class Catalogue:
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False, migrate: bool = True,
-             memory_limit: str | None = None) -> Catalogue:
+             memory_limit: str | None = None, threads: int | None = None) -> Catalogue:
         """Open (creating and migrating when writable) the catalogue at `path`; DuckDB uses at
-        most `memory_limit` (its own default, 80% of RAM, when None)."""
+        most `memory_limit` (its own default, 80% of RAM, when None) and `threads` worker
+        threads (its default, one per core, when None or 0)."""
         path = Path(path)
         if read_only and not path.exists():
             raise CatalogueError(f"no catalogue at {path}",
@@ -70,7 +71,8 @@ class Catalogue:
         engine = sa.create_engine(
             f"duckdb:///{path}", poolclass=sa.pool.StaticPool,
             connect_args={"read_only": read_only, "config": {
-                **DUCKDB_CONFIG, **({"memory_limit": memory_limit} if memory_limit else {})}})
+                **DUCKDB_CONFIG, **({"memory_limit": memory_limit} if memory_limit else {}),
+                **({"threads": threads} if threads else {})}})
         try:
             with engine.connect() as conn:
                 duck = _unwrap(raw(conn))

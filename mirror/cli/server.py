@@ -29,7 +29,9 @@ def cmd_serve(mirror: Mirror, args: argparse.Namespace) -> int:
     host = args.host or serve.host
     port = serve.port if args.port is None else args.port
     token = access_token(host, serve)  # refuses an exposed address without a token
-    ctx = ServiceContext(mirror.catalogue(write=True), mirror.config, token=token,
+    # many small queries at once: one DuckDB thread each beats several threads per query
+    catalogue = mirror.catalogue(write=True, threads=serve.threads)
+    ctx = ServiceContext(catalogue, mirror.config, token=token,
                          status=lambda: [s.as_dict() for s in mirror.status()])
     service = LocalService(ctx, host, port)
     try:
