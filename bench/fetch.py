@@ -155,15 +155,20 @@ def start_nginx(root: Path) -> tuple[subprocess.Popen[bytes], str, bool]:
     raise SystemExit("nginx did not listen within 10 s")
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def workers_of(master: int) -> list[int]:
     """The pids whose parent is `master` (nginx's worker processes)."""
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
-                        out.append(int(name))
+                if int(_stat(int(name))[1]) == master:
+                    out.append(int(name))
             except (OSError, IndexError, ValueError):
                 pass
     return out
@@ -174,8 +179,7 @@ def cpu_of(pids: list[int]) -> float:
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = _stat(pid)
             total += int(fields[11]) + int(fields[12])
         except (OSError, IndexError, ValueError):
             pass

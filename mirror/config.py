@@ -245,7 +245,6 @@ class ServeConfig:
         return os.environ.get(self.token_env) or None if self.token_env else None
 
 
-
 @dataclass(frozen=True)
 class DaemonConfig:
     """The schedule of `mirror daemon`."""

@@ -247,9 +247,7 @@ class Harvester:
                 if not more:
                     break
         if report.rows:  # the rate once the last group is committed, not before
-            self.progress({"phase": "rows", "source": self.src.name, "rows": report.rows,
-                           "windows": report.windows,
-                           "rate": report.rows / max(time.monotonic() - t0, 1e-9)})
+            self._rows_progress(report, t0)
         if not dry_run and not self.wm and not report.errors:
             with self.cat.begin() as conn:  # a completed full pass starts over next time
                 runs.set_cursor(conn, self.src.name, None, None)
@@ -267,9 +265,12 @@ class Harvester:
         report.add(counts)
         self.windows.append((key, last, table.num_rows))
         report.windows += 1
-        elapsed = max(time.monotonic() - t0, 1e-9)
+        self._rows_progress(report, t0)
+
+    def _rows_progress(self, report: SyncReport, t0: float) -> None:
         self.progress({"phase": "rows", "source": self.src.name, "rows": report.rows,
-                       "windows": report.windows, "rate": report.rows / elapsed})
+                       "windows": report.windows,
+                       "rate": report.rows / max(time.monotonic() - t0, 1e-9)})
 
     def _apply(self, table: pa.Table, report: SyncReport, *, dry_run: bool,
                window: tuple[plan.Key | None, plan.Key] | None = None,

@@ -65,7 +65,6 @@ class Runner:
         if self._tables is None or self._generation != generation:
             with duckdb_errors(self.timeout):
                 self._tables = CatalogueTables.load(self.con)
-            self._translations = TranslationCache(self._tables)
             self._generation = generation
         return self._tables
 
@@ -76,7 +75,7 @@ class Runner:
         cap = self.maxrec if maxrec is None else maxrec
         tables = self.tables
         translations = self._translations
-        if translations is None or translations.tables is not tables:  # tables set from outside
+        if translations is None or translations.tables is not tables:  # new or reloaded tables
             translations = self._translations = TranslationCache(tables)
         translation = translations.translate(adql, maxrec=cap)
         # the SQL stops one row past the cap when MAXREC binds: a cut result is told from a fit

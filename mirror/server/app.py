@@ -41,11 +41,8 @@ def build_app(ctx: ServiceContext) -> Starlette:
     ctx.closers.append(store.close)  # a LocalService runs without lifespan events
     up_since = dt.datetime.now(dt.UTC)
 
-    def base(request: Request) -> str:
-        return ctx.base_url.rstrip("/") or str(request.base_url).rstrip("/")
-
     async def capabilities(request: Request) -> Response:
-        return Response(vosi.capabilities(ctx, base(request)), media_type=XML)
+        return Response(vosi.capabilities(ctx, ctx.link_base(request)), media_type=XML)
 
     async def availability(request: Request) -> Response:
         return Response(vosi.availability(True, up_since, "the local mirror answers ADQL"),
@@ -81,7 +78,7 @@ def build_app(ctx: ServiceContext) -> Starlette:
         return _json(await run_in_threadpool(ctx.state))
 
     async def index(request: Request) -> Response:
-        here = base(request)
+        here = ctx.link_base(request)
         return PlainTextResponse(
             f"mirror: a local TAP service\nTAP base URL: {here}\n"
             f"capabilities: {here}/capabilities\ntables: {here}/tables\n")

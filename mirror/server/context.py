@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config
 from mirror.server.pool import RunnerPool
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 # threads that run /sync queries off the event loop: as many as starlette's own thread pool, so
 # a request beyond the runners waits for one in the runner pool (503 after queue_seconds), not
@@ -37,6 +40,11 @@ class ServiceContext:
         if self.runners is None:
             self.runners = RunnerPool.for_config(self.catalogue, self.config)
         self.workers = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="mirror-sync")
+
+    def link_base(self, request: Request) -> str:
+        """The base of every link the service hands out: `base_url` ([serve] public_url, or
+        where it listens), else the address the request came to."""
+        return self.base_url.rstrip("/") or str(request.base_url).rstrip("/")
 
     def close(self) -> None:
         """Stop the async workers, close the readers' connections (the catalogue belongs to

@@ -152,8 +152,7 @@ def _wait_seconds(text: str) -> float:
 
 def _url(request: Request, *parts: str) -> str:
     """A job URL under the service's public base ([serve] public_url behind a proxy)."""
-    base = request.app.state.ctx.base_url.rstrip("/") or str(request.base_url).rstrip("/")
-    return "/".join([base + "/async", *parts])
+    return "/".join([request.app.state.ctx.link_base(request) + "/async", *parts])
 
 
 def _time(value: str | None, tag: str) -> str:
