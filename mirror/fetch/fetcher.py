@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,8 +64,8 @@ class FetchReport:
 class _Job:
     row: sa.Row[Any]
     rel: str  # the store path as text: the store resolves it once and remembers it
-    target: Path = Path()  # where the product goes, resolved inside the store
-    temp: Path = Path()  # its download file beside it
+    target: str = ""  # where the product goes, resolved inside the store
+    temp: str = ""  # its download file beside it
 
     @property
     def key(self) -> dict[str, Any]:
@@ -95,7 +95,7 @@ class Fetcher:
         self.progress = progress or (lambda event: None)
         self.listening = progress is not None  # per-file events are only built for a listener
         self.now = now
-        self.folders: set[Path] = set()  # renamed into, not yet fsynced
+        self.folders: set[str] = set()  # renamed into, not yet fsynced
         self.cancel = cancel  # set: abandon transfers in flight (kept resumable) and return
 
     def run(self, *, retry_failed: bool = False) -> FetchReport:
@@ -209,19 +209,19 @@ class Fetcher:
         by_key: dict[int, _Job] = {}
         downloads = []
         for i, job in enumerate(jobs):
-            job.target = self.store.resolve(job.rel)
-            if job.row.sha256 is None and job.target.is_file():
+            row = job.row
+            job.target, job.temp = self.store.locate(job.rel)
+            if row.sha256 is None and os.path.isfile(job.target):
                 report.adopted += 1
                 yield job, None
                 continue
-            job.temp = dest = self.store.temp_path(job.rel)
             # resume only what a recorded validator vouches for (a kill -9 records none)
-            validator = job.row.last_modified if job.row.sha256 is None else None
-            resume = _size(dest) if validator else 0  # no stat unless a resume may follow
+            validator = row.last_modified if row.sha256 is None else None
+            resume = _size(job.temp) if validator else 0  # no stat unless a resume may follow
             by_key[i] = job
-            downloads.append(Download(key=i, url=job.row.url, dest=dest, resume_from=resume,
+            downloads.append(Download(key=i, url=row.url, dest=job.temp, resume_from=resume,
                                       validator=validator if resume else None,
-                                      headers=self._auth(job.row.url)))
+                                      headers=self._auth(row.url)))
         for outcome in self.transport.run(downloads, cancel=self.cancel):
             yield by_key[outcome.key], outcome  # type: ignore[index]
 
@@ -265,7 +265,7 @@ class Fetcher:
         return _outcome(row, state="failed", attempts=row.attempts + 1, last_modified=validator,
                         last_error=reason), False
 
-    def _verify_and_commit(self, job: _Job, path: Path, out: Outcome | None,
+    def _verify_and_commit(self, job: _Job, path: str, out: Outcome | None,
                            report: FetchReport, adopt: bool = False) -> tuple[dict[str, Any], bool]:
         row = job.row
         content_type = out.headers.get("content-type") if out else row.content_type
@@ -275,7 +275,7 @@ class Fetcher:
                               sha256=out.sha256 if out else None)
         if not verdict.ok:
             if verdict.kind == "html" and self.token:
-                path.unlink(missing_ok=True)
+                _unlink(path)
                 raise AuthError(
                     f"{urlsplit(row.url).hostname} sent an HTML page instead of data for "
                     f"{row.product_id}: the token in ${self.src.token_env} has probably expired",
@@ -283,7 +283,7 @@ class Fetcher:
             if adopt:  # not what we want in place: quarantine, then download again
                 self.store.quarantine(job.rel, verdict.reason)
                 return _outcome(row, state="pending", last_error=verdict.reason), True
-            path.unlink(missing_ok=True)
+            _unlink(path)
             # an error page served with 200 (maintenance, overload) may pass; bounded by retries
             transient = verdict.kind in ("truncated", "size-mismatch", "html")
             if transient and row.attempts + 1 < self.config.fetch.retries:
@@ -300,7 +300,7 @@ class Fetcher:
                 report.failed += 1
                 return _outcome(row, state="failed", attempts=row.attempts + 1,
                                 last_error=f"{exc.message}; the download is kept at "
-                                           f"{path.name}"), False
+                                           f"{os.path.basename(path)}"), False
             report.done += 1
             report.bytes += verdict.size
         return _outcome(row, state="done", size=verdict.size, sha256=verdict.sha256,
@@ -314,7 +314,7 @@ class Fetcher:
                                          row.product_id)
 
     def _drop_partial(self, job: _Job) -> None:
-        job.temp.unlink(missing_ok=True)
+        _unlink(job.temp)
 
     def _record(self, changes: list[dict[str, Any]]) -> None:
         """Folder fsyncs first, then the catalogue: "done" is only ever said of durable files."""
@@ -349,7 +349,15 @@ def _collector_skips_old_objects() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _size(path: Path) -> int:
+def _unlink(path: str) -> None:
+    if path:  # a job adopted in place has no temp file
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _size(path: str) -> int:
     try:
         return os.stat(path).st_size
     except FileNotFoundError:

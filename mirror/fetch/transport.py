@@ -57,7 +57,7 @@ class Download:
 
     key: object
     url: str
-    dest: Path
+    dest: str | Path  # text is cheaper where thousands are made a second
     resume_from: int = 0
     validator: str | None = None
     headers: dict[str, str] = field(default_factory=dict)

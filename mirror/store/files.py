@@ -33,6 +33,7 @@ PART = ".part"
 
 RESOLVED_CACHE = 8192  # paths remembered as safe; bounded for stores of millions of files
 
+
 class Store:
     """A folder of products addressed by relative POSIX paths (as `layout.render` makes)."""
 
@@ -40,13 +41,25 @@ class Store:
         with _os_errors("create the store folder", root):
             Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(root).resolve()
+        self._prefix = str(self.root).rstrip("/") + "/"
         self._checked: set[str] = set()  # folders (relative) already resolved inside the root
-        self._made: set[Path] = set()  # folders known to exist
-        self._resolved: dict[str, Path] = {}
+        self._made: set[str] = set()  # folders known to exist
+        self._resolved: dict[str, str] = {}
 
     def resolve(self, rel: PurePosixPath | str) -> Path:
         """The absolute path of `rel`; raises UnsafePathError if it would leave the root."""
-        key = rel if isinstance(rel, str) else str(rel)
+        return Path(self._locate(rel if isinstance(rel, str) else str(rel)))
+
+    def locate(self, rel: str, key: str | None = None) -> tuple[str, str]:
+        """`resolve` and `temp_path` as text, for loops over thousands of products (a fetch
+        asks for both per file: path objects cost more than the checks)."""
+        target = self._locate(rel)
+        folder, _, name = target.rpartition("/")
+        if folder not in self._made:
+            self._make_folders(Path(folder))
+        return target, f"{folder}/.{name}{_tag(key)}{PART}"
+
+    def _locate(self, key: str) -> str:
         hit = self._resolved.get(key)
         if hit is not None:  # checked earlier in this run (a fetch asks 3 times per file)
             return hit
@@ -59,13 +72,12 @@ class Store:
                 raise UnsafePathError(f"refusing store path {key!r}: {bad}", path=key,
                                       hint="store paths come from layout.render; report this name")
             norm = str(rel)
-        target = self.root / norm  # one parse of a checked relative path, not one per part
+        target = self._prefix + norm
         # Resolving every component costs a syscall each; a folder once found inside the
-        # root is remembered (as text: hashing pure paths costs more than the check saves),
-        # so per file only the last component needs a look.
+        # root is remembered, so per file only the last component needs a look.
         parent = norm.rpartition("/")[0]
-        if parent not in self._checked or target.is_symlink():
-            self._check_inside(target, PurePosixPath(norm))
+        if parent not in self._checked or os.path.islink(target):
+            self._check_inside(Path(target), PurePosixPath(norm))
             self._checked.add(parent)
         if len(self._resolved) >= RESOLVED_CACHE:
             self._resolved.clear()
@@ -87,16 +99,12 @@ class Store:
         """The temp file for `rel`, in its folder (created); the same name again after a crash,
         so a download can resume with HTTP Range. `key` (e.g. the publisher DID) keeps two
         products that render to one path from sharing a temp file."""
-        target = self.resolve(rel)
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")) if key else None
-        tag = f".{digest.hexdigest()[:8]}" if digest else ""
-        self._make_folders(target.parent)
-        return target.with_name(f".{target.name}{tag}{PART}")
+        return Path(self.locate(rel if isinstance(rel, str) else str(rel), key)[1])
 
-    def commit(self, temp: Path, rel: PurePosixPath | str, *, replace: bool = False,
+    def commit(self, temp: Path | str, rel: PurePosixPath | str, *, replace: bool = False,
                synced: bool = False, sha256: str | None = None,
-               folders: set[Path] | None = None) -> Path:
-        """Move a finished temp file into place atomically; returns the product's path.
+               folders: set[str] | None = None) -> str:
+        """Move a finished temp file into place atomically; returns the product's path (text).
 
         An identical file already there is kept (the temp is removed); a different one raises
         CollisionError unless `replace`. Pass `synced=True` if the writer fsynced already, and
@@ -104,7 +112,7 @@ class Store:
         later `sync_folders(folders)` (one fsync per folder per batch instead of per file): the
         caller must call it before it records the file as stored.
         """
-        target = self.resolve(rel)
+        target = self._locate(rel if isinstance(rel, str) else str(rel))
         with _os_errors("store", target):
             if not synced:
                 _fsync_file(temp)
@@ -112,13 +120,14 @@ class Store:
                 os.replace(temp, target)
             elif not self._link_no_clobber(temp, target, sha256):
                 return target  # the same bytes were there already
+            folder = target.rpartition("/")[0]
             if folders is None:
-                _fsync_folder(target.parent)
+                _fsync_folder(folder)
             else:
-                folders.add(target.parent)
+                folders.add(folder)
         return target
 
-    def sync_folders(self, folders: set[Path]) -> None:
+    def sync_folders(self, folders: set[str]) -> None:
         """Make the renames into `folders` durable, then forget them."""
         for folder in sorted(folders):
             with _os_errors("store", folder):
@@ -136,7 +145,7 @@ class Store:
                 shutil.copyfileobj(data, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
-        return self.commit(temp, rel, replace=replace, synced=True)
+        return Path(self.commit(temp, rel, replace=replace, synced=True))
 
     def open(self, rel: PurePosixPath | str) -> BinaryIO:
         """The stored product, open for reading."""
@@ -205,7 +214,7 @@ class Store:
                 if not path.is_symlink():
                     yield path
 
-    def _link_no_clobber(self, temp: Path, target: Path, sha256: str | None) -> bool:
+    def _link_no_clobber(self, temp: Path | str, target: str, sha256: str | None) -> bool:
         """Put temp at target unless a file is there; False if that file has the same bytes."""
         try:
             os.link(temp, target)  # atomic and never overwrites, even against another worker
@@ -215,7 +224,7 @@ class Store:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
                                  errno.EMLINK):
                 raise
-            if not target.exists():  # no hard links here (some FUSE, SMB): check, then rename
+            if not os.path.exists(target):  # no hard links (some FUSE, SMB): check, then rename
                 os.replace(temp, target)
                 return True
         else:
@@ -235,7 +244,7 @@ class Store:
 
     def _make_folders(self, folder: Path) -> None:
         """mkdir -p, fsyncing each new folder's parent so the folder survives a crash."""
-        if folder in self._made:
+        if str(folder) in self._made:
             return
         missing = []
         while not folder.exists():
@@ -245,7 +254,14 @@ class Store:
             for new in reversed(missing):
                 new.mkdir(exist_ok=True)
                 _fsync_folder(new.parent)
-        self._made.add(folder if not missing else missing[0])
+        self._made.add(str(folder if not missing else missing[0]))
+
+
+def _tag(key: str | None) -> str:
+    """A temp file's mark of the product it belongs to (see `temp_path`)."""
+    if not key:
+        return ""
+    return "." + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _unsafe_reason(rel: PurePosixPath) -> str | None:
@@ -261,7 +277,7 @@ def _unsafe_reason(rel: PurePosixPath) -> str | None:
     return None
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -269,7 +285,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_folder(folder: Path) -> None:
+def _fsync_folder(folder: Path | str) -> None:
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
