@@ -8,7 +8,7 @@ Updates are batched: per-row commits would cap a fast fetcher at about 1,000 fil
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
@@ -34,13 +34,19 @@ class Candidate:
 
 
 def candidates(conn: sa.Connection, source: str, id_column: str, where: str,
-               retry_failed: bool = False) -> list[Candidate]:
-    """Current rows matching `where` that are not queued yet, or whose record changed since."""
+               retry_failed: bool = False,
+               columns: Collection[str] | None = None) -> list[Candidate]:
+    """Current rows matching `where` that are not queued yet, or whose record changed since;
+    each with `columns` (those the table has; all if None)."""
     table, idc = data_table(source), q(id_column)
+    wanted = "d.*"
+    if columns is not None:
+        have = conn.exec_driver_sql(f"SELECT * FROM {table} LIMIT 0").keys()
+        wanted = ", ".join(f"d.{q(c)}" for c in have if c in columns or c == id_column)
     cond = f"AND ({where})" if where.strip() else ""
     retry = " OR p.state = 'failed'" if retry_failed else ""
     result = conn.exec_driver_sql(
-        f"SELECT d.*, p.product_id IS NOT NULL AS _known FROM {table} d "
+        f"SELECT {wanted}, p.product_id IS NOT NULL AS _known FROM {table} d "
         f"LEFT JOIN products p ON p.source = ? AND p.product_id = d.{idc} AND p.role = 'this' "
         f"WHERE d._withdrawn_at IS NULL {cond} AND (p.product_id IS NULL "
         f"OR d._updated_at > p.selected_at{retry} "

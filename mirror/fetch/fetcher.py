@@ -205,25 +205,37 @@ class Fetcher:
 
     def _transfers(self, jobs: list[_Job],
                    report: FetchReport) -> Iterator[tuple[_Job, Outcome | None]]:
-        """Adopt files already in place (committed before a crash), download the rest."""
+        """Adopt files already in place (committed before a crash), download the rest; jobs
+        are prepared as the transport asks for them, so the first transfers start at once."""
         by_key: dict[int, _Job] = {}
-        downloads = []
-        for i, job in enumerate(jobs):
-            row = job.row
-            job.target, job.temp = self.store.locate(job.rel)
-            if row.sha256 is None and os.path.isfile(job.target):
-                report.adopted += 1
-                yield job, None
-                continue
-            # resume only what a recorded validator vouches for (a kill -9 records none)
-            validator = row.last_modified if row.sha256 is None else None
-            resume = _size(job.temp) if validator else 0  # no stat unless a resume may follow
-            by_key[i] = job
-            downloads.append(Download(key=i, url=row.url, dest=job.temp, resume_from=resume,
-                                      validator=validator if resume else None,
-                                      headers=self._auth(row.url)))
-        for outcome in self.transport.run(downloads, cancel=self.cancel):
-            yield by_key[outcome.key], outcome  # type: ignore[index]
+        adopted: list[_Job] = []
+
+        def downloads() -> Iterator[Download]:
+            for i, job in enumerate(jobs):
+                row = job.row
+                job.target, job.temp = self.store.locate(job.rel)
+                if row.sha256 is None and os.path.isfile(job.target):
+                    adopted.append(job)
+                    continue
+                # resume only what a recorded validator vouches for (a kill -9 records none)
+                validator = row.last_modified if row.sha256 is None else None
+                resume = _size(job.temp) if validator else 0  # a stat only if it may resume
+                by_key[i] = job
+                yield Download(key=i, url=row.url, dest=job.temp, resume_from=resume,
+                               validator=validator if resume else None,
+                               headers=self._auth(row.url))
+
+        for outcome in self.transport.run(downloads(), cancel=self.cancel):
+            yield from self._adopt(adopted, report)
+            yield by_key.pop(outcome.key), outcome  # type: ignore[call-overload]
+        yield from self._adopt(adopted, report)
+
+    @staticmethod
+    def _adopt(adopted: list[_Job],
+               report: FetchReport) -> Iterator[tuple[_Job, Outcome | None]]:
+        while adopted:
+            report.adopted += 1
+            yield adopted.pop(), None
 
     def _auth(self, url: str) -> dict[str, str]:
         """The token, for the archive's own host only (any port: ESO serves files elsewhere

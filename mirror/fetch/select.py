@@ -16,7 +16,7 @@ from mirror.catalogue.models import products as products_table
 from mirror.config import Config, SourceConfig
 from mirror.errors import ConfigError
 from mirror.fetch.datalink import is_datalink
-from mirror.store.layout import extension_for, render_text
+from mirror.store.layout import extension_for, render_text, template_fields
 
 
 @dataclass
@@ -58,7 +58,8 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
     sel.withdrawn = products.mark_withdrawn(conn, src.name, src.id_column)
     where = check_where(src.fetch_where, src.name)
     try:
-        chosen = products.candidates(conn, src.name, src.id_column, where, retry_failed)
+        chosen = products.candidates(conn, src.name, src.id_column, where, retry_failed,
+                                     columns=template_fields(config.layout) | _USED)
     except sa.exc.DBAPIError as exc:
         raise ConfigError(f"source {src.name!r}: fetch_where failed on the mirrored rows: "
                           f"{str(exc.orig).splitlines()[0]}",
@@ -90,6 +91,9 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
                      "path": rel, "estimated_size": int(est) or None})
     sel.queued = products.queue(conn, src.name, rows)
     return sel
+
+
+_USED = {"access_url", "access_format", "access_estsize"}  # what select reads besides the layout
 
 
 def _paths_in_use(conn: sa.Connection) -> dict[str, tuple[str, str]]:

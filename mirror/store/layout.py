@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import PurePosixPath
-from urllib.parse import urlsplit
 
 from mirror.errors import ConfigError
 
@@ -35,7 +34,10 @@ _COMPRESSION = (".gz", ".fz", ".bz2", ".xz", ".z")
 
 
 def _basename(text: str) -> str:
-    return re.split(r"[/?#]", text.rstrip("/?#"))[-1]
+    return _SEPARATORS.split(text.rstrip("/?#"))[-1]
+
+
+_SEPARATORS = re.compile(r"[/?#]")
 
 
 FILTERS: dict[str, Callable[[str], str]] = {
@@ -117,6 +119,12 @@ def _render_component(component: _Component, row: Mapping[str, object], ext: str
     return tuple(sanitise_component(p) for p in pieces)
 
 
+def template_fields(template: str) -> set[str]:
+    """The row fields `template` reads (`ext` is not one: the caller supplies it)."""
+    return {p.name for c in _compile(template) for p in c
+            if isinstance(p, _Field) and p.name != "ext"}
+
+
 def validate_template(template: str, fields: Collection[str] | None = None) -> None:
     """Raise ConfigError unless `template` is usable (and, given `fields`, names only those)."""
     compiled = _compile(template)
@@ -156,28 +164,46 @@ def is_safe_component(name: str) -> bool:
 def extension_for(access_format: str | None, content_type: str | None = None,
                   url: str | None = None) -> str:
     """File suffix for a product: from access_format, else the response's type, else the URL."""
-    path = urlsplit(url or "").path.lower()
+    return _extension(access_format, content_type, _url_name(url or ""))
+
+
+def _extension(access_format: str | None, content_type: str | None, name: str) -> str:
     for mime in (access_format, content_type):
-        if "content=datalink" in (mime or "").lower():
-            continue  # the store holds what the DataLink document points to, not the document
-        ext = _MIME_EXT.get(_family(mime))
+        ext = _mime_ext(mime)
         if ext == ".fits":  # keep a compression suffix the URL shows: .fits.fz, .fits.gz
-            return ext + next((c for c in _COMPRESSION if path.endswith(c)), "")
+            return ext + next((c for c in _COMPRESSION if name.endswith(c)), "")
         if ext:
             return ext
-    suffixes = _suffixes(path)
-    url_ext = "".join(suffixes[-2:] if suffixes[-1:] and suffixes[-1] in _COMPRESSION
-                      else suffixes[-1:])
-    return url_ext if re.fullmatch(r"(\.[a-z0-9]{1,8}){1,2}", url_ext) else ""
+    if name.endswith(".") or "." not in name.lstrip("."):
+        return ""
+    suffixes = ["." + suffix for suffix in name.lstrip(".").split(".")[1:]]
+    url_ext = "".join(suffixes[-2:] if suffixes[-1] in _COMPRESSION else suffixes[-1:])
+    return url_ext if _URL_EXT.fullmatch(url_ext) else ""
 
 
-def _suffixes(path: str) -> list[str]:
-    """`PurePosixPath(path).suffixes` with string operations (a path object per product costs
-    more than the rest of the choice)."""
-    name = next((p for p in reversed(path.split("/")) if p not in ("", ".")), "")
-    if name.endswith("."):
-        return []
-    return ["." + suffix for suffix in name.lstrip(".").split(".")[1:]]
+_URL_EXT = re.compile(r"(\.[a-z0-9]{1,8}){1,2}")
+
+
+def _url_name(url: str) -> str:
+    """The last name of a URL's path, lower-cased, as `urlsplit(url).path` would give it (with
+    string operations: the selection asks once per product)."""
+    path = url.partition("#")[0].partition("?")[0]
+    scheme, sep, rest = path.partition("://")
+    if sep and "/" not in scheme:
+        path = rest.partition("/")[2]  # what follows the host
+    elif path.startswith("//"):  # a network-path reference: //host/path
+        path = path[2:].partition("/")[2]
+    for name in reversed(path.lower().split("/")):
+        if name not in ("", "."):
+            return name
+    return ""
+
+
+@lru_cache(maxsize=256)
+def _mime_ext(mime: str | None) -> str | None:
+    if "content=datalink" in (mime or "").lower():
+        return None  # the store holds what the DataLink document points to, not the document
+    return _MIME_EXT.get(_family(mime))
 
 
 def _family(mime: str | None) -> str:
