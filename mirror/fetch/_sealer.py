@@ -24,7 +24,10 @@ import select
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+
+TYPE_CHECKING = False  # as typing's (mypy reads it so), without importing typing: 20 ms
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 TICK = 0.005  # seconds between catch-ups on files still growing
 # a new stretch at least this long is hashed from a mapping, not read: break-even on tmpfs is
@@ -119,6 +122,8 @@ class Sealer:
             self.sync(fd, ident, size, digest)
             self.avg += (time.perf_counter() - t - self.avg) / 16
             if self.avg > SLOW_FSYNC:
+                from concurrent.futures import ThreadPoolExecutor  # 18 ms of imports: when due
+
                 self.pool = ThreadPoolExecutor(8)
 
     def sync(self, fd: int, ident: str, size: int, digest: str) -> None:
@@ -176,3 +181,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    os._exit(0)  # every answer is written (unbuffered fd 1): skip the interpreter's teardown

@@ -106,6 +106,7 @@ class Fetcher:
         started = time.monotonic()
         report = FetchReport(self.src.name)
         try:
+            self.transport.start()  # its hashing process starts up while the selection runs
             with self.cat.begin() as conn:
                 sel = select(conn, self.config, self.src, retry_failed=retry_failed)
                 report.queued, report.skipped, report.withdrawn = (
