@@ -181,3 +181,37 @@ def test_a_given_sha256_is_trusted_not_recomputed(good: Path) -> None:
 def test_a_missing_file_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         verify_file(tmp_path / "absent.fits", access_format=FITS)
+
+
+PAGE_AFTER_BLANKS = b" " * 40 + b"\n" * 30 + b"<html><title>Session expired</title></html>"
+
+
+@pytest.mark.parametrize("body", [
+    PAGE_AFTER_BLANKS,  # the first 64 bytes are blank: they settle nothing
+    b"<?xml version='1.0'?>" + b" " * 60 + b"<html><title>Sign in</title></html>",
+    b"\xff\xd8\xff\xe0" + bytes(5000),  # data: the first bytes suffice
+    b"SIMPLE  = not really FITS" + bytes(2855),
+])
+def test_known_first_bytes_give_the_verdict_reading_the_file_gives(tmp_path: Path,
+                                                                   body: bytes) -> None:
+    """The fetcher passes the size and first 64 bytes its sealer read back; where those
+    cannot settle page-or-data, the file is read as if nothing were known."""
+    path = tmp_path / "f"
+    path.write_bytes(body)
+    for fmt in (FITS, "image/jpeg"):
+        read = verify_file(path, access_format=fmt, sha256="x")
+        known = verify_file(path, access_format=fmt, sha256="x", size=len(body),
+                            head=body[:64])
+        assert known == read
+
+
+def test_known_first_bytes_spare_the_read_only_when_they_settle(tmp_path: Path) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"\xff\xd8\xff\xe0" + bytes(5000))
+    gone = tmp_path / "gone.bin"  # never written: opening it would fail
+    v = verify_file(gone, access_format="image/jpeg", sha256="x", size=5004,
+                    head=data.read_bytes()[:64])
+    assert v.ok and v.kind == "other" and v.size == 5004
+    with pytest.raises(StoreError):  # blank first bytes: the file must be read
+        verify_file(gone, access_format="image/jpeg", sha256="x",
+                    size=len(PAGE_AFTER_BLANKS), head=PAGE_AFTER_BLANKS[:64])

@@ -7,8 +7,11 @@ network loop, which costs more than the hashing itself for small files. Run as
     in   O <id> <path as hex>   the file is being written: hash it as it grows
          E <id>                 writing has ended: hash the rest, fsync, answer
          D <id>                 forget the file (the transfer was dropped)
-         P <id>                 answer "P <id> - " once everything before it is answered
-    out  <id> <size> <sha256 hex> <error or nothing>
+         P <id>                 answer "P <id> - - " once everything before it is answered
+    out  <id> <size> <sha256 hex> <first HEAD bytes as hex> <error or nothing>
+
+The first bytes come back so that the parent can tell data from an error page without opening
+the file again.
 
 New stretches of a file are hashed from a read-only mapping of its pages (copying them out
 with `preadv` cost ~0.5 s of CPU per GB, a third of the sealer's work); the transport only ever
@@ -34,6 +37,7 @@ TICK = 0.005  # seconds between catch-ups on files still growing
 # ~40 KB; at 100 KB the mapping costs ~25% less CPU than copying out, at 4 KB twice as much
 MAP_MIN = 48 << 10
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the whole stretch in one go, not per page
+HEAD = 64  # first bytes sent back with a file's sums
 SLOW_FSYNC = 0.002  # when fsyncs take longer on average, they run in a pool (slow disks)
 
 
@@ -97,36 +101,37 @@ class Sealer:
             if self.pool is not None:
                 self.pool.shutdown()  # everything before the barrier is answered
                 self.pool = None
-            self.answer(f"P\t{ident}\t-\t")
+            self.answer(f"P\t{ident}\t-\t\t")
         elif kind == "E":
             self.end(ident, self.files.pop(ident))
 
     def end(self, ident: str, entry: list) -> None:
         fd = entry[0]
         if fd is None:
-            self.answer(f"{ident}\t0\t-\tcannot read back: {entry[1]}")
+            self.answer(f"{ident}\t0\t-\t\tcannot read back: {entry[1]}")
             return
         try:
-            size, digest = self.catch_up(entry), entry[1].hexdigest()
+            size = self.catch_up(entry)
+            sums = f"{size}\t{entry[1].hexdigest()}\t{os.pread(fd, HEAD, 0).hex()}"
         except OSError as exc:
             os.close(fd)
-            self.answer(f"{ident}\t0\t-\tcannot read back: {exc}")
+            self.answer(f"{ident}\t0\t-\t\tcannot read back: {exc}")
             return
         if not self.fsync:
             os.close(fd)
-            self.answer(f"{ident}\t{size}\t{digest}\t")
+            self.answer(f"{ident}\t{sums}\t")
         elif self.pool is not None:
-            self.pool.submit(self.sync, fd, ident, size, digest)
+            self.pool.submit(self.sync, fd, ident, sums)
         else:  # inline while fsync is cheap (tmpfs, idle SSD); a moving average of its time
             t = time.perf_counter()
-            self.sync(fd, ident, size, digest)
+            self.sync(fd, ident, sums)
             self.avg += (time.perf_counter() - t - self.avg) / 16
             if self.avg > SLOW_FSYNC:
                 from concurrent.futures import ThreadPoolExecutor  # 18 ms of imports: when due
 
                 self.pool = ThreadPoolExecutor(8)
 
-    def sync(self, fd: int, ident: str, size: int, digest: str) -> None:
+    def sync(self, fd: int, ident: str, sums: str) -> None:
         error = ""
         try:
             os.fsync(fd)
@@ -134,7 +139,7 @@ class Sealer:
             error = f"fsync failed: {exc}".replace("\t", " ").replace("\n", " ")
         finally:
             os.close(fd)
-        self.answer(f"{ident}\t{size}\t{digest}\t{error}")
+        self.answer(f"{ident}\t{sums}\t{error}")
 
 
 def _write_all(data: bytes) -> None:

@@ -285,7 +285,8 @@ class Fetcher:
         verdict = verify_file(path, expected_size=out.expected_size if out else None,
                               content_type=content_type,
                               access_format=row.content_type or row.access_format,
-                              sha256=out.sha256 if out else None)
+                              sha256=out.sha256 if out else None,
+                              size=out.size if out else None, head=out.head if out else None)
         if not verdict.ok:
             if verdict.kind == "html" and self.token:
                 _unlink(path)

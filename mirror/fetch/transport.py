@@ -82,6 +82,7 @@ class Outcome:
     error_body: bytes = b""  # a non-2xx body of at most 64 KB (with a Content-Length), for messages
     curl_code: int = 0
     cancelled: bool = False  # abandoned on request; the partial file stays, resumable
+    head: bytes = b""  # the body's first bytes as stored (read back by the sealer)
 
 
 class _Xfer:
@@ -455,12 +456,13 @@ class Transport:
         *lines, self._answers = (self._answers + chunk).split(b"\n")
         barriers = []
         for line in lines:
-            ident, size, digest, error = line.decode().split("\t")
+            ident, size, digest, head, error = line.decode().split("\t")
             out = self._sealing.pop(ident, None)
             if ident == "P" or out is None:
                 barriers.append(size)
                 continue
             out.size, out.sha256 = int(size), None if digest == "-" else digest
+            out.head = bytes.fromhex(head)
             if error:
                 out.error, out.transient = error, False
             elif out.error is None and out.expected_size not in (None, out.size):

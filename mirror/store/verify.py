@@ -54,14 +54,18 @@ def sha256_file(path: Path | str) -> str:
 
 def verify_file(path: Path | str, *, expected_size: int | None = None,
                 content_type: str | None = None, access_format: str | None = None,
-                sha256: str | None = None) -> Verdict:
-    """Check a downloaded file against what was promised; pass `sha256` if already known.
+                sha256: str | None = None, size: int | None = None,
+                head: bytes | None = None) -> Verdict:
+    """Check a downloaded file against what was promised; pass `sha256`, and `size` with
+    `head` (its first bytes), if already known: the file is then opened only where those do
+    not settle the question (FITS, or first bytes that might begin a page).
 
     `expected_size` is an exact byte count (Content-Length, DataLink content_length), never
     ObsCore's access_estsize, which is an estimate in KiB.
     """
     try:
-        size, head = _size_and_head(path)
+        if size is None or head is None or not _settles(head, size):
+            size, head = _size_and_head(path)
         digest = sha256 or sha256_file(path)
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}", path=str(path),
@@ -96,6 +100,15 @@ def _size_and_head(path: Path | str) -> tuple[int, bytes]:
         return os.fstat(fd).st_size, os.read(fd, _SNIFF)
     finally:
         os.close(fd)
+
+
+def _settles(head: bytes, size: int) -> bool:
+    """Whether `head` tells a page from data as well as the first `_SNIFF` bytes would: it
+    is all of them, or neither begins with markup nor is mostly blank (see below)."""
+    if len(head) >= min(size, _SNIFF):
+        return True
+    text = head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n")
+    return len(text) >= 16 and not text.startswith("<")
 
 
 def _page_instead_of_data(head: bytes, content_type: str | None, html_expected: bool,
