@@ -86,3 +86,6 @@ def test_an_older_catalogue_is_migrated_on_open(tmp_path: Path) -> None:
         with cat.begin() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM column_profiles"
                                         ).scalar_one() == 0
+            # 0004: no index on the products' state (DuckDB re-inserts rows to update one)
+            assert conn.exec_driver_sql("SELECT count(*) FROM duckdb_indexes() "
+                                        "WHERE table_name = 'products'").scalar_one() == 0

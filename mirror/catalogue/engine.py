@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
-HEAD = "0003"  # the newest revision in migrations/versions (a test keeps the two in step)
+HEAD = "0004"  # the newest revision in migrations/versions (a test keeps the two in step)
 
 # The same config for every connection of the process: user queries must not reach files or the
 # network, and DuckDB requires one config per file and process, so the writer is restricted too.
