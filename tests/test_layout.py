@@ -229,3 +229,21 @@ def test_render_text_is_the_rendered_path_as_text(did):
     row = {"obs_collection": "a/b", "t_min": 56000.5, "obs_publisher_did": did}
     assert render_text(template, row, ".fits") == str(render(template, row, ".fits"))
     assert render_text(DEFAULT_TEMPLATE, row) == str(render(DEFAULT_TEMPLATE, row))
+
+
+def test_a_component_new_for_every_product_renders_the_same_once_it_is_not_cached() -> None:
+    """The selection renders one path per product: a file-name component stops being cached
+    after UNIQUE_AFTER renders, folders stay cached, and every path is as rendered alone."""
+    from mirror.store import layout
+
+    template = "{obs_collection}/{obs_publisher_did|basename}{ext}"
+    rows = [{"obs_collection": f"C{i % 3}", "obs_publisher_did": f"ivo://x/y?ADP.{i:06d}"}
+            for i in range(layout.UNIQUE_AFTER + 200)]
+    paths = [layout.render_text(template, row, ".fits") for row in rows]
+    folders, names = layout._plan(template)
+    assert names.unique and not folders.unique
+    for row, path in zip(rows[-300:], paths[-300:], strict=True):
+        layout._plan.cache_clear()
+        layout._RENDERED.clear()
+        assert layout.render_text(template, row, ".fits") == path
+    assert paths[7] == "C1/ADP.000007.fits"

@@ -72,37 +72,60 @@ def render_text(template: str, row: Mapping[str, object], ext: str = "", *,
     product): sanitised components never hold '/' and are never '', '.' or '..', so joining
     them is what PurePosixPath would make."""
     dirs: list[str] = []
-    for index, component in enumerate(_compile(template)):
-        key = _component_key(template, index, component, row, ext, missing)
-        done = _RENDERED.get(key) if key is not None else None
+    for step in _plan(template):
+        names = step.names
+        if step.unique:  # a new value nearly every time (the product's own name)
+            dirs.extend(_render_component(step.component, row, ext, missing))
+            continue
+        if len(names) == 1:
+            v = ext if names[0] == "ext" else row.get(names[0])
+            key: tuple[object, ...] = (step, missing, type(v), v)
+        else:
+            values = [ext if n == "ext" else row.get(n) for n in names]
+            key = (step, missing, *((type(v), v) for v in values))
+        try:
+            done = _RENDERED.get(key)
+        except TypeError:  # an unhashable value (an array): rendered without the cache
+            dirs.extend(_render_component(step.component, row, ext, missing))
+            continue
         if done is None:
-            done = _render_component(component, row, ext, missing)
-            if key is not None:
-                if len(_RENDERED) >= RENDER_CACHE:
-                    _RENDERED.clear()
-                _RENDERED[key] = done
+            done = _render_component(step.component, row, ext, missing)
+            if len(_RENDERED) >= RENDER_CACHE:
+                _RENDERED.clear()
+            _RENDERED[key] = done
+            step.misses += 1
+        step.seen += 1
+        if step.seen == UNIQUE_AFTER and step.misses > UNIQUE_AFTER * 0.9:
+            step.unique = True
         dirs.extend(done)
     return "/".join(dirs)
 
 
 # Folders repeat across thousands of products (collection, instrument, date): each distinct
 # component is rendered and sanitised once, keyed by its fields' values and their types (1 and
-# 1.0 are equal keys but format differently). Bounded for long runs.
+# 1.0 are equal keys but format differently). Bounded for long runs. A component that is new
+# for nearly every product (its file name) stops being cached after UNIQUE_AFTER renders.
 RENDER_CACHE = 4096
+UNIQUE_AFTER = 512
 _RENDERED: dict[tuple[object, ...], tuple[str, ...]] = {}
 
 
-def _component_key(template: str, index: int, component: _Component, row: Mapping[str, object],
-                   ext: str, missing: str) -> tuple[object, ...] | None:
-    values = [ext if p.name == "ext" else row.get(p.name)
-              for p in component if isinstance(p, _Field)]
-    # the template text names the component (a str caches its hash; the compiled fields do not)
-    key = (template, index, missing, *((type(v), v) for v in values))
-    try:
-        hash(key)
-    except TypeError:  # an unhashable value (an array): rendered without the cache
-        return None
-    return key
+class _Step:
+    """One component of a compiled template, with what its cache has seen (hashed by
+    identity: a cache key starts with its step)."""
+
+    __slots__ = ("component", "names", "seen", "misses", "unique")
+
+    def __init__(self, component: _Component) -> None:
+        self.component = component
+        self.names = tuple(p.name for p in component if isinstance(p, _Field))
+        self.seen = self.misses = 0
+        self.unique = False
+
+
+@lru_cache(maxsize=64)
+def _plan(template: str) -> tuple[_Step, ...]:
+    return tuple(_Step(c) for c in _compile(template))
 
 
 def _render_component(component: _Component, row: Mapping[str, object], ext: str,
@@ -164,20 +187,30 @@ def is_safe_component(name: str) -> bool:
 def extension_for(access_format: str | None, content_type: str | None = None,
                   url: str | None = None) -> str:
     """File suffix for a product: from access_format, else the response's type, else the URL."""
-    return _extension(access_format, content_type, _url_name(url or ""))
+    name = _url_name(url or "")
+    packed = next((c for c in _COMPRESSION if name.endswith(c)), "")
+    suffixes = name.lstrip(".").partition(".")[1:]
+    tail = "".join(suffixes)  # from the first dot; only the last two suffixes count
+    if tail.count(".") > 2:  # ADP.2014-09-25T03:38:28.268.fits: keep the cache small
+        tail = "." + ".".join(tail.rsplit(".", 2)[-2:])
+    return _extension(access_format, content_type, tail, packed)
 
 
-def _extension(access_format: str | None, content_type: str | None, name: str) -> str:
+@lru_cache(maxsize=1024)
+def _extension(access_format: str | None, content_type: str | None, suffixes: str,
+               packed: str) -> str:
+    """The choice for a URL whose last name ends in `suffixes` (at most its last two) and the
+    compression suffix `packed`: names differ per product, their endings rarely."""
     for mime in (access_format, content_type):
         ext = _mime_ext(mime)
         if ext == ".fits":  # keep a compression suffix the URL shows: .fits.fz, .fits.gz
-            return ext + next((c for c in _COMPRESSION if name.endswith(c)), "")
+            return ext + packed
         if ext:
             return ext
-    if name.endswith(".") or "." not in name.lstrip("."):
+    if not suffixes or suffixes.endswith("."):
         return ""
-    suffixes = ["." + suffix for suffix in name.lstrip(".").split(".")[1:]]
-    url_ext = "".join(suffixes[-2:] if suffixes[-1] in _COMPRESSION else suffixes[-1:])
+    parts = ["." + part for part in suffixes[1:].split(".")]
+    url_ext = "".join(parts[-2:] if parts[-1] in _COMPRESSION else parts[-1:])
     return url_ext if _URL_EXT.fullmatch(url_ext) else ""
 
 
