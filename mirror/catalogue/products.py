@@ -75,15 +75,43 @@ def queue(conn: sa.Connection, source: str, rows: Sequence[Mapping[str, Any]]) -
     if fresh:
         _insert(conn, [{"source": source, "role": "this", "state": "pending", "attempts": 0,
                         "selected_at": now, "updated_at": now, **r} for r in fresh])
-    for r in rows:
-        if (r["product_id"], r.get("role", "this")) in known:
-            conn.execute(products.update().where(
-                (products.c.source == source) & (products.c.product_id == r["product_id"])
-                & (products.c.role == r.get("role", "this"))).values(
-                    state="pending", attempts=0, last_error=None, embargo_until=None,
-                    selected_at=now, updated_at=now,
-                    **{k: v for k, v in r.items() if k not in ("product_id", "role")}))
+    again = [r for r in rows if (r["product_id"], r.get("role", "this")) in known]
+    if again and conn.dialect.name == "duckdb":  # one statement per set of columns given
+        groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+        for r in again:
+            groups.setdefault(tuple(sorted(set(r) - {"product_id", "role"})), []).append(r)
+        for cols, group in groups.items():
+            _requeue_duckdb(conn, source, cols, group, now)
+        return len(rows)
+    for r in again:
+        conn.execute(products.update().where(
+            (products.c.source == source) & (products.c.product_id == r["product_id"])
+            & (products.c.role == r.get("role", "this"))).values(
+                state="pending", attempts=0, last_error=None, embargo_until=None,
+                selected_at=now, updated_at=now,
+                **{k: v for k, v in r.items() if k not in ("product_id", "role")}))
     return len(rows)
+
+
+def _requeue_duckdb(conn: sa.Connection, source: str, cols: tuple[str, ...],
+                    rows: Sequence[Mapping[str, Any]], now: datetime) -> None:
+    """Known products back to pending in one UPDATE ... FROM an Arrow batch (a statement per
+    product cost ~2 ms each: 20 s for 10,000 changed records)."""
+    batch = pa.table({"product_id": pa.array([r["product_id"] for r in rows], pa.string()),
+                      "role": pa.array([r.get("role", "this") for r in rows], pa.string()),
+                      **{c: pa.array([r[c] for r in rows], _ARROW.get(c, pa.string()))
+                         for c in cols}})
+    duck = raw(conn)
+    duck.register("_requeued", batch)
+    try:
+        sets = "".join(f", {c} = v.{c}" for c in cols)
+        conn.exec_driver_sql(
+            "UPDATE products SET state = 'pending', attempts = 0, last_error = NULL, "
+            f"embargo_until = NULL, selected_at = ?, updated_at = ?{sets} FROM _requeued v "
+            "WHERE products.source = ? AND products.product_id = v.product_id "
+            "AND products.role = v.role", (now, now, source))
+    finally:
+        duck.unregister("_requeued")
 
 
 def _known(conn: sa.Connection, source: str, ids: set[str]) -> set[tuple[str, str]]:
