@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from starlette.requests import Request
@@ -36,7 +35,7 @@ def sync_endpoint(ctx: ServiceContext):  # noqa: ANN201 (a starlette endpoint)
             params = await read_params(request)
             tq = tap_query(params, ctx.runners.maxrec)
             work = functools.partial(run, ctx, tq, timeout=duration(params, ctx))
-            body, _ = await asyncio.get_running_loop().run_in_executor(ctx.workers, work)
+            body, _ = await ctx.workers.run(work)
         except MirrorError as exc:
             return error_response(exc, ctx)
         return Response(body, media_type=tq.format.mime)
