@@ -152,6 +152,22 @@ def test_parameter_names_are_case_insensitive_and_get_equals_post(
     assert a.content == b.content and a.content.count(b"\n") > 2
 
 
+def test_sync_answers_alike_on_its_short_way_and_through_the_router(
+        client: TestClient, cone: str) -> None:
+    params = {"LANG": "ADQL", "QUERY": cone, "FORMAT": "csv"}
+    short = [client.get("/sync", params=params), client.post("/sync", data=params)]
+    routed = client.post("/sync", files={k: (None, v) for k, v in params.items()})  # multipart
+    assert [r.status_code for r in (*short, routed)] == [200, 200, 200]
+    assert len({(r.content, r.headers["content-type"]) for r in (*short, routed)}) == 1
+    head = client.head("/sync", params=params)
+    assert head.status_code == 200 and head.headers["content-type"] == routed.headers[
+        "content-type"] and not head.content
+    assert client.put("/sync", data=params).status_code == 405
+    broken = client.post("/sync", content=b"--x\r\nbroken",
+                         headers={"content-type": "multipart/form-data; boundary=x"})
+    assert broken.status_code == 400
+
+
 def test_votable_fields_carry_the_columns_metadata(client: TestClient) -> None:
     q = ("SELECT TOP 3 s_ra, s_dec, t_min, obs_release_date, obs_publisher_did, "
          "POINT('ICRS', s_ra, s_dec) AS pos, CIRCLE('ICRS', s_ra, s_dec, 1) AS c "
@@ -475,6 +491,8 @@ def test_a_token_is_required_when_configured(mirror: Mirror) -> None:
     ctx = make_ctx(mirror, token="s3cret-token")
     with TestClient(build_app(ctx)) as c:
         assert c.get("/availability").status_code == 401
+        sync = c.get("/sync", params={"LANG": "ADQL", "QUERY": "SELECT 1 AS x FROM ivoa.obscore"})
+        assert sync.status_code == 401 and b"VOTABLE" not in sync.content
         bad = c.get("/availability", headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401 and "s3cret" not in bad.text
         ok = c.get("/availability", headers={"Authorization": "Bearer s3cret-token"})
