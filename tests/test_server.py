@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 from astropy.io.votable import parse as parse_votable
@@ -35,6 +36,7 @@ from mirror.server.formats import FORMATS
 from mirror.server.guard import access_token
 from mirror.server.pool import RunnerPool
 from mirror.server.vosi import FEATURES, UDFS, UNADVERTISED
+from mirror.server.votable import document
 
 CONE = ("SELECT obs_publisher_did, s_ra, s_dec, t_min, obs_release_date, snr, target_class "
         "FROM ivoa.obscore WHERE 1 = CONTAINS(POINT('ICRS', s_ra, s_dec), "
@@ -166,6 +168,20 @@ def test_sync_answers_alike_on_its_short_way_and_through_the_router(
     broken = client.post("/sync", content=b"--x\r\nbroken",
                          headers={"content-type": "multipart/form-data; boundary=x"})
     assert broken.status_code == 400
+
+
+@pytest.mark.parametrize("with_nulls", [False, True])
+def test_binary2_null_flags_mark_exactly_the_null_cells(with_nulls: bool) -> None:
+    names = [f"c{i}" for i in range(10)]  # two bytes of flags a row
+    cells = [[float(r * 10 + c) for c in range(10)] for r in range(3)]
+    if with_nulls:
+        cells[0][0] = cells[1][9] = cells[2][8] = None
+    arrow = pa.table({n: pa.array([row[i] for row in cells], pa.float64())
+                      for i, n in enumerate(names)})
+    got = votable(document(arrow, {}, overflow=False)).get_first_table().array
+    for r, row in enumerate(cells):
+        for c, value in enumerate(row):
+            assert (got[names[c]].mask[r], norm(got[names[c]][r])) == (value is None, value)
 
 
 def test_votable_fields_carry_the_columns_metadata(client: TestClient) -> None:
