@@ -1,14 +1,22 @@
 """The /sync query threads: results and errors come back to the awaiting request, the thread
-count stays within its limit, and closing cancels what no thread took yet."""
+count stays within its limit, closing cancels what no thread took yet, and a program that never
+closes them still ends (after its running calls)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from mirror.server.workers import QueryThreads
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_call_runs_off_the_loop_and_its_result_comes_back() -> None:
@@ -80,3 +88,17 @@ def test_closing_cancels_the_calls_no_thread_took() -> None:
     assert first is True and isinstance(second, asyncio.CancelledError)
     with pytest.raises(RuntimeError, match="closed"):
         asyncio.run(threads.run(lambda: None))
+
+
+def test_the_program_ends_without_close_once_running_calls_finish() -> None:
+    program = ("import asyncio, time\nfrom mirror.server.workers import QueryThreads\n"
+               "t = QueryThreads(4)\n"
+               "async def main():\n"
+               "    asyncio.ensure_future(t.run(lambda: (time.sleep(0.5), print('finished'))))\n"
+               "    return await asyncio.gather(*(t.run(lambda: 1) for _ in range(3)))\n"
+               "print(sum(asyncio.run(main())))\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.stdout.split() == ["3", "finished"], done.stderr[-2000:]
+    assert time.monotonic() - started < 10  # idle threads do not keep it alive

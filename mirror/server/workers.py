@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+IDLE_CHECK_SECONDS = 1.0  # how often an idle thread looks whether the program is ending
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
@@ -61,22 +62,14 @@ class QueryThreads:
             self._jobs.put(None)
 
     def _start(self) -> None:
-        thread = threading.Thread(target=self._work, daemon=True,
-                                  name=f"{self.name}_{len(self._threads)}")
+        # not daemon threads: a query still running when the program ends finishes first, as
+        # it did in the executor this replaces (a daemon thread would be stopped inside DuckDB)
+        thread = threading.Thread(target=self._work, name=f"{self.name}_{len(self._threads)}")
         self._threads.append(thread)
         thread.start()
 
     def _work(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            job = self._jobs.get()
-            with self._lock:
-                self._idle -= 1
-                if job is not None:
-                    self._queued -= 1
-            if job is None:
-                return
+        while (job := self._next()) is not None:
             call, loop, future = job
             result: Any = None
             error: BaseException | None = None
@@ -86,6 +79,29 @@ class QueryThreads:
                 error = exc
             _hand_back(loop, _settle, future, result, error)
             del job, call, future, result, error  # hold nothing of it while idle
+
+    def _next(self) -> _Job | None:
+        """The next call; None once closed, or once the main thread has ended without closing
+        (an idle thread would otherwise keep the process alive)."""
+        with self._lock:
+            self._idle += 1
+        job = None
+        try:
+            while job is None:
+                try:
+                    job = self._jobs.get(timeout=IDLE_CHECK_SECONDS)
+                except queue.Empty:
+                    if not threading.main_thread().is_alive():
+                        break
+                    continue
+                if job is None:  # closed
+                    break
+        finally:
+            with self._lock:
+                self._idle -= 1
+                if job is not None:
+                    self._queued -= 1
+        return job
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
