@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 # threads that run /sync queries off the event loop: as many as starlette's own thread pool, so
 # a request beyond the runners waits for one in the runner pool (503 after queue_seconds), not
-# in this executor's queue
+# in these threads' queue
 QUERY_THREADS = 40
 
 
