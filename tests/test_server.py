@@ -170,12 +170,13 @@ def test_sync_answers_alike_on_its_short_way_and_through_the_router(
     assert broken.status_code == 400
 
 
-@pytest.mark.parametrize("with_nulls", [False, True])
-def test_binary2_null_flags_mark_exactly_the_null_cells(with_nulls: bool) -> None:
+@pytest.mark.parametrize(("rows", "with_nulls"), [(3, False), (3, True), (40, True)])
+def test_binary2_null_flags_mark_exactly_the_null_cells(rows: int, with_nulls: bool) -> None:
     names = [f"c{i}" for i in range(10)]  # two bytes of flags a row
-    cells = [[float(r * 10 + c) for c in range(10)] for r in range(3)]
+    cells: list[list[float | None]] = [[float(r * 10 + c) for c in range(10)]
+                                       for r in range(rows)]  # few rows and many: two writers
     if with_nulls:
-        cells[0][0] = cells[1][9] = cells[2][8] = None
+        cells[0][0] = cells[1][9] = cells[rows - 1][8] = None
     arrow = pa.table({n: pa.array([row[i] for row in cells], pa.float64())
                       for i, n in enumerate(names)})
     got = votable(document(arrow, {}, overflow=False)).get_first_table().array

@@ -35,6 +35,11 @@ _NUMERIC = {  # arrow type id -> (VOTable datatype, numpy big-endian dtype)
 }
 
 _NUMERIC_BY_ID = {t.id: v for t, v in _NUMERIC.items()}  # a type's id: no hashing of the type
+# a cone search answers a few rows: up to FEW_ROWS, cells are packed by struct, without numpy's
+# per-call cost (converting a 1-row column cost more than packing it)
+FEW_ROWS = 32
+_PACK = {">f8": struct.Struct(">d"), ">f4": struct.Struct(">f"), ">i8": struct.Struct(">q"),
+         ">i4": struct.Struct(">i"), ">i2": struct.Struct(">h"), ">u1": struct.Struct(">B")}
 
 # lossless widenings applied when TAP_SCHEMA declares a wider type than the column holds
 _WIDER = {"float": {"double": ">f8"}, "short": {"int": ">i4", "long": ">i8"},
@@ -182,6 +187,11 @@ def _null_flags(cols: list[Field], nrows: int) -> list[bytes]:
     """Each row's NULL flags, a bit per column, the first column's in the highest bit."""
     if not any(None in f.values for f in cols):  # a scan at C speed: most results have none
         return [bytes((len(cols) + 7) // 8)] * nrows
+    if nrows <= FEW_ROWS:
+        width = (len(cols) + 7) // 8
+        pad = width * 8 - len(cols)
+        return [(sum((f.values[i] is None) << (len(cols) - 1 - j) for j, f in enumerate(cols))
+                 << pad).to_bytes(width, "big") for i in range(nrows)]
     nulls = np.array([[v is None for v in f.values] for f in cols], dtype=bool).T
     masks = np.packbits(nulls.reshape(nrows, len(cols)), axis=1)
     return [masks[i].tobytes() for i in range(nrows)]
@@ -189,8 +199,10 @@ def _null_flags(cols: list[Field], nrows: int) -> list[bytes]:
 
 def _cells(f: Field, nrows: int) -> list[bytes]:
     if f.dtype is not None:  # fixed-width scalars, NULL written as 0 (the mask says NULL)
-        width = np.dtype(f.dtype).itemsize
         values = [0 if v is None else v for v in f.values] if None in f.values else f.values
+        if nrows <= FEW_ROWS:
+            return list(map(_PACK[f.dtype].pack, values))
+        width = np.dtype(f.dtype).itemsize
         data = np.array(values, dtype=f.dtype).tobytes()
         return [data[i:i + width] for i in range(0, nrows * width, width)]
     if f.datatype == "boolean" and f.arraysize is None:
