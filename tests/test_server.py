@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 from astropy.io.votable import parse as parse_votable
@@ -35,6 +36,7 @@ from mirror.server.formats import FORMATS
 from mirror.server.guard import access_token
 from mirror.server.pool import RunnerPool
 from mirror.server.vosi import FEATURES, UDFS, UNADVERTISED
+from mirror.server.votable import document
 
 CONE = ("SELECT obs_publisher_did, s_ra, s_dec, t_min, obs_release_date, snr, target_class "
         "FROM ivoa.obscore WHERE 1 = CONTAINS(POINT('ICRS', s_ra, s_dec), "
@@ -150,6 +152,37 @@ def test_parameter_names_are_case_insensitive_and_get_equals_post(
                                    "Format": "text/csv"})
     assert a.status_code == b.status_code == 200
     assert a.content == b.content and a.content.count(b"\n") > 2
+
+
+def test_sync_answers_alike_on_its_short_way_and_through_the_router(
+        client: TestClient, cone: str) -> None:
+    params = {"LANG": "ADQL", "QUERY": cone, "FORMAT": "csv"}
+    short = [client.get("/sync", params=params), client.post("/sync", data=params)]
+    routed = client.post("/sync", files={k: (None, v) for k, v in params.items()})  # multipart
+    assert [r.status_code for r in (*short, routed)] == [200, 200, 200]
+    assert len({(r.content, r.headers["content-type"]) for r in (*short, routed)}) == 1
+    head = client.head("/sync", params=params)
+    assert head.status_code == 200 and head.headers["content-type"] == routed.headers[
+        "content-type"] and not head.content
+    assert client.put("/sync", data=params).status_code == 405
+    broken = client.post("/sync", content=b"--x\r\nbroken",
+                         headers={"content-type": "multipart/form-data; boundary=x"})
+    assert broken.status_code == 400
+
+
+@pytest.mark.parametrize(("rows", "with_nulls"), [(3, False), (3, True), (40, True)])
+def test_binary2_null_flags_mark_exactly_the_null_cells(rows: int, with_nulls: bool) -> None:
+    names = [f"c{i}" for i in range(10)]  # two bytes of flags a row
+    cells: list[list[float | None]] = [[float(r * 10 + c) for c in range(10)]
+                                       for r in range(rows)]  # few rows and many: two writers
+    if with_nulls:
+        cells[0][0] = cells[1][9] = cells[rows - 1][8] = None
+    arrow = pa.table({n: pa.array([row[i] for row in cells], pa.float64())
+                      for i, n in enumerate(names)})
+    got = votable(document(arrow, {}, overflow=False)).get_first_table().array
+    for r, row in enumerate(cells):
+        for c, value in enumerate(row):
+            assert (got[names[c]].mask[r], norm(got[names[c]][r])) == (value is None, value)
 
 
 def test_votable_fields_carry_the_columns_metadata(client: TestClient) -> None:
@@ -486,6 +519,8 @@ def test_a_token_is_required_when_configured(mirror: Mirror) -> None:
     ctx = make_ctx(mirror, token="s3cret-token")
     with TestClient(build_app(ctx)) as c:
         assert c.get("/availability").status_code == 401
+        sync = c.get("/sync", params={"LANG": "ADQL", "QUERY": "SELECT 1 AS x FROM ivoa.obscore"})
+        assert sync.status_code == 401 and b"VOTABLE" not in sync.content
         bad = c.get("/availability", headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401 and "s3cret" not in bad.text
         ok = c.get("/availability", headers={"Authorization": "Bearer s3cret-token"})

@@ -24,7 +24,7 @@ from mirror.server.context import ServiceContext
 from mirror.server.guard import Guard
 from mirror.server.jobs import JobStore
 from mirror.server.products import routes as product_routes
-from mirror.server.tap import error_response, sync_endpoint
+from mirror.server.tap import SyncRoute, error_response, sync_endpoint
 
 XML = "text/xml"
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s\"]+@")
@@ -98,7 +98,8 @@ def build_app(ctx: ServiceContext) -> Starlette:
         store.close()
 
     middleware = [Middleware(Guard, token=ctx.token,
-                             max_body=ctx.config.serve.max_body_kb * 1024)]
+                             max_body=ctx.config.serve.max_body_kb * 1024),
+                  Middleware(SyncRoute, ctx=ctx)]  # /sync's short way, behind the guard
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.ctx = ctx
     app.state.jobs = store

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mirror.catalogue.engine import Catalogue
 from mirror.config import Config
 from mirror.server.pool import RunnerPool
+from mirror.server.workers import QueryThreads
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
 # threads that run /sync queries off the event loop: as many as starlette's own thread pool, so
 # a request beyond the runners waits for one in the runner pool (503 after queue_seconds), not
-# in this executor's queue
+# in these threads' queue
 QUERY_THREADS = 40
 
 
@@ -32,14 +32,14 @@ class ServiceContext:
     state: Callable[[], dict[str, Any]] | None = None
     runners: RunnerPool = field(default=None)  # type: ignore[assignment]
     closers: list[Callable[[], None]] = field(default_factory=list)  # e.g. the async job store
-    # /sync's hop off the event loop: asyncio's run_in_executor costs about half the CPU of
-    # starlette's run_in_threadpool (anyio: cancel scopes, a capacity limiter) per request
-    workers: ThreadPoolExecutor = field(init=False, repr=False)
+    # /sync's hop off the event loop: starlette's run_in_threadpool (anyio: cancel scopes, a
+    # capacity limiter) and asyncio's run_in_executor cost several times its CPU per request
+    workers: QueryThreads = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.runners is None:
             self.runners = RunnerPool.for_config(self.catalogue, self.config)
-        self.workers = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="mirror-sync")
+        self.workers = QueryThreads(QUERY_THREADS, "mirror-sync")
 
     def link_base(self, request: Request) -> str:
         """The base of every link the service hands out: `base_url` ([serve] public_url, or
@@ -51,5 +51,5 @@ class ServiceContext:
         whoever opened it)."""
         while self.closers:
             self.closers.pop()()
-        self.workers.shutdown(wait=False, cancel_futures=True)
+        self.workers.close()
         self.runners.close()

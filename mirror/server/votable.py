@@ -34,6 +34,13 @@ _NUMERIC = {  # arrow type id -> (VOTable datatype, numpy big-endian dtype)
     pa.uint64(): ("long", ">i8"), pa.float32(): ("float", ">f4"), pa.float64(): ("double", ">f8"),
 }
 
+_NUMERIC_BY_ID = {t.id: v for t, v in _NUMERIC.items()}  # a type's id: no hashing of the type
+# a cone search answers a few rows: up to FEW_ROWS, cells are packed by struct, without numpy's
+# per-call cost (converting a 1-row column cost more than packing it)
+FEW_ROWS = 32
+_PACK = {">f8": struct.Struct(">d"), ">f4": struct.Struct(">f"), ">i8": struct.Struct(">q"),
+         ">i4": struct.Struct(">i"), ">i2": struct.Struct(">h"), ">u1": struct.Struct(">B")}
+
 # lossless widenings applied when TAP_SCHEMA declares a wider type than the column holds
 _WIDER = {"float": {"double": ">f8"}, "short": {"int": ">i4", "long": ">i8"},
           "int": {"long": ">i8"}, "unsignedByte": {"short": ">i2", "int": ">i4", "long": ">i8"}}
@@ -61,18 +68,19 @@ def fields(arrow: pa.Table, columns: dict[str, ColumnSpec]) -> list[Field]:
 def _field(name: str, data: pa.ChunkedArray, meta: ColumnSpec | None) -> Field:
     typ = data.type
     xtype = meta.xtype if meta else None
-    plain = meta.plain_xtype if meta else ""
-    if plain in DALI_GEOMETRY and pa.types.is_string(typ):
+    if (numeric := _NUMERIC_BY_ID.get(typ.id)) is not None:  # the common case first
+        datatype, dtype = numeric
+        if meta is not None and meta.datatype in _WIDER.get(datatype, ()):
+            datatype, dtype = meta.datatype, _WIDER[datatype][meta.datatype]  # as TAP_SCHEMA says
+        return Field(name, datatype, None, meta, xtype, data.to_pylist(), dtype)
+    is_text = pa.types.is_string(typ)
+    if is_text and xtype and meta is not None and meta.plain_xtype in DALI_GEOMETRY:
+        plain = meta.plain_xtype
         shapes = [None if v is None else region_values(v) for v in data.to_pylist()]
         size = DALI_GEOMETRY[plain]
         shapes = [v if v is not None and (size == "*" or len(v) == int(size)) else None
                   for v in shapes]
         return Field(name, "double", size, meta, plain, shapes)
-    if typ in _NUMERIC:
-        datatype, dtype = _NUMERIC[typ]
-        if meta is not None and meta.datatype in _WIDER.get(datatype, ()):
-            datatype, dtype = meta.datatype, _WIDER[datatype][meta.datatype]  # as TAP_SCHEMA says
-        return Field(name, datatype, None, meta, xtype, data.to_pylist(), dtype)
     if pa.types.is_decimal(typ):
         return Field(name, "double", None, meta, xtype,
                      pc.cast(data, pa.float64()).to_pylist(), ">f8")
@@ -82,11 +90,11 @@ def _field(name: str, data: pa.ChunkedArray, meta: ColumnSpec | None) -> Field:
     if pa.types.is_list(typ) or pa.types.is_large_list(typ):
         inner = typ.value_type
         datatype = _NUMERIC.get(inner, ("double", None))[0]
-        if datatype == "boolean":
-            datatype = "boolean"
         return Field(name, datatype, "*", meta, xtype, data.to_pylist())
-    values = [None if v is None else str(v) for v in data.to_pylist()]
-    wide = any(not v.isascii() for v in values if v is not None)
+    values = data.to_pylist()
+    if not is_text:
+        values = [None if v is None else str(v) for v in values]
+    wide = not all(map(str.isascii, filter(None, values)))
     return Field(name, "unicodeChar" if wide else "char", _char_size(meta), meta, xtype, values)
 
 
@@ -169,17 +177,33 @@ def _field_text(name: str, datatype: str, arraysize: str | None, xtype: str | No
 
 def _binary2(cols: list[Field], nrows: int) -> bytes:
     cells = [_cells(f, nrows) for f in cols]
-    nulls = np.array([[v is None for v in f.values] for f in cols], dtype=bool).T
-    masks = np.packbits(nulls.reshape(nrows, len(cols)), axis=1)
-    stream = b"".join(masks[i].tobytes() + b"".join(c[i] for c in cells) for i in range(nrows))
+    masks = _null_flags(cols, nrows)
+    stream = b"".join(masks[i] + b"".join(c[i] for c in cells) for i in range(nrows))
     return (b"<DATA><BINARY2><STREAM encoding=\"base64\">\n" + base64.encodebytes(stream)
             + b"</STREAM></BINARY2></DATA>\n")
 
 
+def _null_flags(cols: list[Field], nrows: int) -> list[bytes]:
+    """Each row's NULL flags, a bit per column, the first column's in the highest bit."""
+    if not any(None in f.values for f in cols):  # a scan at C speed: most results have none
+        return [bytes((len(cols) + 7) // 8)] * nrows
+    if nrows <= FEW_ROWS:
+        width = (len(cols) + 7) // 8
+        pad = width * 8 - len(cols)
+        return [(sum((f.values[i] is None) << (len(cols) - 1 - j) for j, f in enumerate(cols))
+                 << pad).to_bytes(width, "big") for i in range(nrows)]
+    nulls = np.array([[v is None for v in f.values] for f in cols], dtype=bool).T
+    masks = np.packbits(nulls.reshape(nrows, len(cols)), axis=1)
+    return [masks[i].tobytes() for i in range(nrows)]
+
+
 def _cells(f: Field, nrows: int) -> list[bytes]:
     if f.dtype is not None:  # fixed-width scalars, NULL written as 0 (the mask says NULL)
+        values = [0 if v is None else v for v in f.values] if None in f.values else f.values
+        if nrows <= FEW_ROWS:
+            return list(map(_PACK[f.dtype].pack, values))
         width = np.dtype(f.dtype).itemsize
-        data = np.array([0 if v is None else v for v in f.values], dtype=f.dtype).tobytes()
+        data = np.array(values, dtype=f.dtype).tobytes()
         return [data[i:i + width] for i in range(0, nrows * width, width)]
     if f.datatype == "boolean" and f.arraysize is None:
         return [b"?" if v is None else b"T" if v else b"F" for v in f.values]
