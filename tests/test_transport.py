@@ -194,6 +194,31 @@ def test_the_sealer_fsyncs_every_ended_file_unless_switched_off(tmp_path, monkey
                            f"{DATA[:_sealer.HEAD].hex()}\t" for i in range(3)]
 
 
+def test_a_big_backlog_is_hashed_on_a_thread_and_answered_before_a_barrier(tmp_path):
+    """At the end of a run of big files the sealer is often far behind: such a file is
+    finished on a thread beside the others, with the same answer, and a barrier waits for it."""
+    sealer = _sealer.Sealer(fsync=True)
+    answers: list[str] = []
+    sealer.answer = answers.append  # type: ignore[method-assign]
+    big = os.urandom(_sealer.BIG_END + 12_345)
+    files = {}
+    for i in range(3):
+        path = tmp_path / f"big{i}"
+        path.write_bytes(b"")
+        sealer.handle("O", str(i), [os.fsencode(path).hex()])
+        files[str(i)] = path
+    for i, path in files.items():
+        path.write_bytes(big[int(i):])  # written whole before the sealer caught up at all
+        sealer.handle("E", i, [])
+    assert sealer.pool is not None  # the backlogs went to threads
+    sealer.handle("P", "9", [])
+    assert sealer.pool is None  # the barrier waited for the threads and ended them
+    assert answers[-1] == "P\t9\t-\t\t"
+    assert sorted(answers[:-1]) == sorted(
+        f"{i}\t{len(big) - int(i)}\t{sha(big[int(i):])}\t{big[int(i):][:_sealer.HEAD].hex()}\t"
+        for i in files)
+
+
 def test_authorization_values_are_never_logged(srv, transport, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     srv.files["/f"] = DATA

@@ -38,6 +38,9 @@ TICK = 0.005  # seconds between catch-ups on files still growing
 MAP_MIN = 48 << 10
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the whole stretch in one go, not per page
 HEAD = 64  # first bytes sent back with a file's sums
+# an ended file with at least this much still to hash is finished on a thread: at the end of a
+# run of big files the loop is often hundreds of MB behind, and one thread hashed it alone
+BIG_END = 4 << 20
 SLOW_FSYNC = 0.002  # when fsyncs take longer on average, they run in a pool (slow disks)
 
 
@@ -111,6 +114,20 @@ class Sealer:
             self.answer(f"{ident}\t0\t-\t\tcannot read back: {entry[1]}")
             return
         try:
+            left = os.fstat(fd).st_size - entry[2]
+        except OSError:
+            left = 0  # `finish` reports it
+        if left >= BIG_END:  # a backlog (this loop fell behind a fast download): on a thread,
+            self.threads().submit(self.finish, ident, entry, False)  # beside other files
+        else:
+            self.finish(ident, entry, True)
+
+    def finish(self, ident: str, entry: list, inline: bool) -> None:
+        """Hash the rest of an ended file, fsync it and answer; `inline` on the main loop,
+        else on a pool thread (there the rest is at least BIG_END: hashed from a mapping,
+        never through the main loop's shared buffer)."""
+        fd = entry[0]
+        try:
             size = self.catch_up(entry)
             sums = f"{size}\t{entry[1].hexdigest()}\t{os.pread(fd, HEAD, 0).hex()}"
         except OSError as exc:
@@ -120,6 +137,8 @@ class Sealer:
         if not self.fsync:
             os.close(fd)
             self.answer(f"{ident}\t{sums}\t")
+        elif not inline:
+            self.sync(fd, ident, sums)
         elif self.pool is not None:
             self.pool.submit(self.sync, fd, ident, sums)
         else:  # inline while fsync is cheap (tmpfs, idle SSD); a moving average of its time
@@ -127,9 +146,15 @@ class Sealer:
             self.sync(fd, ident, sums)
             self.avg += (time.perf_counter() - t - self.avg) / 16
             if self.avg > SLOW_FSYNC:
-                from concurrent.futures import ThreadPoolExecutor  # 18 ms of imports: when due
+                self.threads()
 
-                self.pool = ThreadPoolExecutor(8)
+    def threads(self) -> ThreadPoolExecutor:
+        """The pool for slow fsyncs and big backlogs, started when first needed."""
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor  # 18 ms of imports: when due
+
+            self.pool = ThreadPoolExecutor(8)
+        return self.pool
 
     def sync(self, fd: int, ident: str, sums: str) -> None:
         error = ""
