@@ -141,12 +141,9 @@ def mark_withdrawn(conn: sa.Connection, source: str, id_column: str) -> int:
     ).rowcount
 
 
-def pending(conn: sa.Connection, source: str, *,
-            unresolved: bool = False) -> list[sa.Row[Any]]:
-    """Pending products; `unresolved`: only those without a download URL yet (DataLink)."""
+def pending(conn: sa.Connection, source: str) -> list[sa.Row[Any]]:
+    """Pending products (those without a download URL yet wait for DataLink resolution)."""
     cond = (products.c.source == source) & (products.c.state == "pending")
-    if unresolved:  # the fetcher asks before every fetch: do not build rows to drop them
-        cond &= products.c.url.is_(None)
     return list(conn.execute(sa.select(products).where(cond)
                              .order_by(products.c.product_id, products.c.role)))
 

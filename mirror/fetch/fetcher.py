@@ -115,10 +115,14 @@ class Fetcher:
                 report.queued, report.skipped, report.withdrawn = (
                     sel.queued, sel.skipped, sel.withdrawn)
                 report.errors.extend(sel.errors)
+            waiting = None
             if not self._cancelled():
-                self._resolve(report)
+                with self.cat.begin() as conn:  # one read of the queue serves both steps
+                    waiting = products.pending(conn, self.src.name)
+                if self._resolve(report, [r for r in waiting if r.url is None]):
+                    waiting = None  # links were resolved: the queue is read again
             if not self._cancelled():
-                self._download(report)
+                self._download(report, waiting)
         except AuthError as exc:
             report.errors.append(str(exc))
             report.status = "failed"
@@ -139,11 +143,10 @@ class Fetcher:
 
     # -- resolution ---------------------------------------------------------------------------
 
-    def _resolve(self, report: FetchReport) -> None:
-        with self.cat.begin() as conn:
-            todo = products.pending(conn, self.src.name, unresolved=True)
+    def _resolve(self, report: FetchReport, todo: list[sa.Row[Any]]) -> bool:
+        """Resolve the DataLink products among the pending `todo`; True if there were any."""
         if not todo:
-            return
+            return False
         self.progress({"phase": "resolve", "source": self.src.name, "total": len(todo)})
         links = datalink.resolve([(r.product_id, r.access_url) for r in todo], self.session,
                                  self.policy)
@@ -162,14 +165,18 @@ class Fetcher:
         with self.cat.begin() as conn:
             products.update(conn, changes)
             products.queue(conn, self.src.name, aux)
+        return True
 
     # -- downloads ----------------------------------------------------------------------------
 
-    def _download(self, report: FetchReport) -> None:
-        """Passes over the pending products; transient failures wait and go again."""
+    def _download(self, report: FetchReport, pending: list[sa.Row[Any]] | None) -> None:
+        """Passes over the pending products (`pending`: as just read, else read here);
+        transient failures wait and go again."""
         for attempt in range(1, self.config.fetch.retries + 1):
-            with self.cat.begin() as conn:
-                rows = [r for r in products.pending(conn, self.src.name) if r.url]
+            if pending is None:
+                with self.cat.begin() as conn:
+                    pending = products.pending(conn, self.src.name)
+            rows, pending = [r for r in pending if r.url], None
             if not rows:
                 return
             jobs = [_Job(r, r.path) for r in rows]

@@ -67,7 +67,7 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
     taken = _paths_in_use(conn)
     budget = src.max_total_gb * 1024 ** 3 or float("inf")
     used = sum(size for state, (n, size) in products.counts(conn).get(src.name, {}).items()
-               if state in ("done", "pending"))
+               if state in ("done", "pending")) if src.max_total_gb else 0
     rows: list[dict[str, Any]] = []
     for cand in chosen:
         est = (cand.row.get("access_estsize") or 0) * 1024
