@@ -172,6 +172,17 @@ def raw(conn: sa.Connection) -> duckdb.DuckDBPyConnection:
     return conn.connection.dbapi_connection  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def arrow_view(conn: sa.Connection, name: str, table: Any) -> Iterator[None]:
+    """`table` (Arrow) readable by SQL on `conn` as `name` while the block runs."""
+    duck = raw(conn)
+    duck.register(name, table)
+    try:
+        yield
+    finally:
+        duck.unregister(name)
+
+
 def _unwrap(wrapper: Any) -> duckdb.DuckDBPyConnection:
     """The DuckDB connection inside duckdb-engine's wrapper (whose cursor() is itself)."""
     return getattr(wrapper, "_ConnectionWrapper__c", wrapper)  # type: ignore[no-any-return]

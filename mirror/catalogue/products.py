@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from mirror.catalogue.engine import raw, utcnow
+from mirror.catalogue.engine import arrow_view, utcnow
 from mirror.catalogue.models import products
 from mirror.catalogue.obscore import data_table, q
 
@@ -101,17 +101,13 @@ def _requeue_duckdb(conn: sa.Connection, source: str, cols: tuple[str, ...],
                       "role": pa.array([r.get("role", "this") for r in rows], pa.string()),
                       **{c: pa.array([r[c] for r in rows], _ARROW.get(c, pa.string()))
                          for c in cols}})
-    duck = raw(conn)
-    duck.register("_requeued", batch)
-    try:
-        sets = "".join(f", {c} = v.{c}" for c in cols)
+    sets = "".join(f", {c} = v.{c}" for c in cols)
+    with arrow_view(conn, "_requeued", batch):
         conn.exec_driver_sql(
             "UPDATE products SET state = 'pending', attempts = 0, last_error = NULL, "
             f"embargo_until = NULL, selected_at = ?, updated_at = ?{sets} FROM _requeued v "
             "WHERE products.source = ? AND products.product_id = v.product_id "
             "AND products.role = v.role", (now, now, source))
-    finally:
-        duck.unregister("_requeued")
 
 
 def _known(conn: sa.Connection, source: str, ids: set[str]) -> set[tuple[str, str]]:
@@ -121,14 +117,10 @@ def _known(conn: sa.Connection, source: str, ids: set[str]) -> set[tuple[str, st
         return {(r.product_id, r.role) for r in conn.execute(
             sa.select(products.c.product_id, products.c.role).where(
                 (products.c.source == source) & products.c.product_id.in_(ids)))}
-    duck = raw(conn)
-    duck.register("_queued_ids", pa.table({"product_id": pa.array(ids, pa.string())}))
-    try:
+    with arrow_view(conn, "_queued_ids", pa.table({"product_id": pa.array(ids, pa.string())})):
         return {(pid, role) for pid, role in conn.exec_driver_sql(
             "SELECT p.product_id, p.role FROM products p JOIN _queued_ids q "
             "ON p.product_id = q.product_id WHERE p.source = ?", (source,))}
-    finally:
-        duck.unregister("_queued_ids")
 
 
 def mark_withdrawn(conn: sa.Connection, source: str, id_column: str) -> int:
@@ -186,12 +178,9 @@ def _insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
     cols = [c.name for c in products.columns if any(c.name in r for r in rows)]
     batch = pa.table({c: pa.array([r.get(c) for r in rows], _ARROW.get(c, pa.string()))
                       for c in cols})
-    raw(conn).register("_new_products", batch)
-    try:
+    with arrow_view(conn, "_new_products", batch):
         conn.exec_driver_sql(f"INSERT INTO products ({', '.join(cols)}) "
                              f"SELECT {', '.join(cols)} FROM _new_products")
-    finally:
-        raw(conn).unregister("_new_products")
 
 
 _ARROW = {"size": pa.int64(), "estimated_size": pa.int64(), "attempts": pa.int32(),
@@ -203,16 +192,12 @@ def _update_duckdb(conn: sa.Connection, changes: Sequence[Mapping[str, Any]],
                    now: datetime) -> None:
     batch = pa.table({c: pa.array([ch[c] for ch in changes], _ARROW.get(c, pa.string()))
                       for c in (*_KEY, *OUTCOME)})
-    duck = raw(conn)
-    duck.register("_outcomes", batch)
-    try:
-        sets = ", ".join(f"{c} = v.{c}" for c in OUTCOME)
+    sets = ", ".join(f"{c} = v.{c}" for c in OUTCOME)
+    with arrow_view(conn, "_outcomes", batch):
         conn.exec_driver_sql(
             f"UPDATE products SET {sets}, updated_at = ? FROM _outcomes v "
             "WHERE products.source = v.source AND products.product_id = v.product_id "
             "AND products.role = v.role", (now,))
-    finally:
-        duck.unregister("_outcomes")
 
 
 def counts(conn: sa.Connection) -> dict[str, dict[str, tuple[int, int]]]:

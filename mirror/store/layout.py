@@ -150,11 +150,9 @@ def template_fields(template: str) -> set[str]:
 
 def validate_template(template: str, fields: Collection[str] | None = None) -> None:
     """Raise ConfigError unless `template` is usable (and, given `fields`, names only those)."""
-    compiled = _compile(template)
+    used = template_fields(template)  # parses and checks the template
     if fields is not None:
-        known = set(fields) | {"ext"}
-        unknown = sorted({p.name for c in compiled for p in c
-                          if isinstance(p, _Field) and p.name not in known})
+        unknown = sorted(used - set(fields))
         if unknown:
             raise ConfigError(f"layout template {template!r} names unknown fields: "
                               f"{', '.join(unknown)}", hint=_HINT)

@@ -102,12 +102,17 @@ def _size_and_head(path: Path | str) -> tuple[int, bytes]:
         os.close(fd)
 
 
+def _text(head: bytes) -> str:
+    """The first bytes as text, byte-order marks and leading blanks dropped."""
+    return head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n")
+
+
 def _settles(head: bytes, size: int) -> bool:
     """Whether `head` tells a page from data as well as the first `_SNIFF` bytes would: it
     is all of them, or neither begins with markup nor is mostly blank (see below)."""
     if len(head) >= min(size, _SNIFF):
         return True
-    text = head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n")
+    text = _text(head)
     return len(text) >= 16 and not text.startswith("<")
 
 
@@ -116,7 +121,7 @@ def _page_instead_of_data(head: bytes, content_type: str | None, html_expected: 
     """Why `head` looks like an HTML/XML page where data was due, or None."""
     if html_expected:
         return None
-    text = head.decode("latin-1").lstrip("\ufeff\xef\xbb\xbf \t\r\n")
+    text = _text(head)
     start = text[:16].lower()  # all 2 KB lower-cased for every product cost more than the rest
     looks_html = start.startswith(_HTML_STARTS) or (start.startswith("<") and "<html" in
                                                      text.lower())
