@@ -13,7 +13,8 @@ Clients, all at 16 transfers at once over HTTP/1.1 keep-alive:
     mirror `mirror.fetch.transport.Transport(concurrency=16, per_host=16, fsync=True)`, sha256 on,
            run in this process (interpreter start-up is not counted, the start of its sealer
            process is; curl's and aria2c's process start is counted, a few ms)
-    mirror-full  the whole fetch path, as `mirror fetch` runs it (see run_mirror_full)
+    mirror-full  the whole fetch path, as `mirror fetch` runs it (see run_mirror_full): big
+           files, as in (c), on two network loops (`mirror.fetch.lanes`)
 
 Each row also shows the CPU seconds of the run: the client's (its processes, for mirror this
 process and its sealer) and nginx's workers'; with other work on the machine those move

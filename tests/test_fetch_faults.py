@@ -29,6 +29,7 @@ from fakes.faultserver import LAST_MODIFIED, FaultServer, Step
 
 from mirror.api import Mirror
 from mirror.cli import main
+from mirror.fetch import lanes as fetch_lanes
 from mirror.fetch.fetcher import FetchReport
 from mirror.retry import RetryPolicy
 
@@ -264,11 +265,18 @@ def test_each_fault_then_a_good_answer_ends_with_every_product_done(rig_factory,
             assert 0 < start <= CUT and second.get("if-range") == LAST_MODIFIED
 
 
-def test_all_six_faults_at_once_every_product_ends_stored_and_verified(rig_factory):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_all_six_faults_at_once_every_product_ends_stored_and_verified(rig_factory, lanes,
+                                                                      monkeypatch):
     rig = rig_factory(n=8)
     for i, make in enumerate(FAULTS.values(), start=1):
         rig.srv.script(rig.path(i), make(), ok())
+    made = []  # the lanes the fetch ran on (the products here are small: one lane unless
+    if lanes == 2:  # "big" starts at 1 byte)
+        monkeypatch.setattr(fetch_lanes, "BIG", 1)
+    monkeypatch.setattr(fetch_lanes.Lanes, "__init__", _spy(fetch_lanes.Lanes.__init__, made))
     report = rig.fetch()
+    assert [count for _, count in made] == ([2] if lanes == 2 else [])  # one Lanes, reused
     assert (report.status, report.done, report.failed) == ("ok", 8, 0), report
     rig.assert_done(*range(1, 9))
     assert report.bytes == sum(len(rig.srv.files[rig.path(i)]) for i in range(1, 9))
@@ -279,6 +287,13 @@ def test_all_six_faults_at_once_every_product_ends_stored_and_verified(rig_facto
     assert truncated.get("range") == f"bytes={CUT}-"
     stored = rig.stored()
     assert len(stored) == 8 and not any(b"<html" in data.lower() for data in stored.values())
+
+
+def _spy(init: Callable[..., None], calls: list[tuple[Any, ...]]) -> Callable[..., None]:
+    def spied(self: Any, *args: Any) -> None:
+        calls.append(args)
+        init(self, *args)
+    return spied
 
 
 def test_transient_failures_back_off_before_the_next_pass(rig_factory):

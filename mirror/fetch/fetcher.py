@@ -30,6 +30,7 @@ from mirror.catalogue.engine import Catalogue, utcnow
 from mirror.config import Config, SourceConfig
 from mirror.errors import AuthError, CollisionError, MirrorError
 from mirror.fetch import datalink
+from mirror.fetch.lanes import Lanes, lanes_for
 from mirror.fetch.select import select
 from mirror.fetch.transport import Download, Outcome, Transport
 from mirror.http import make_session
@@ -95,6 +96,7 @@ class Fetcher:
         self.transport = transport or Transport(
             concurrency=config.fetch.concurrency, per_host=config.fetch.per_host,
             low_speed_time=config.fetch.stall_seconds)
+        self.lanes: Lanes | None = None  # big products: the transport and siblings of it
         self.progress = progress or (lambda event: None)
         self.listening = progress is not None  # per-file events are only built for a listener
         self.now = now
@@ -130,6 +132,8 @@ class Fetcher:
             report.errors.append(exc.message)
             report.status = "failed"
         finally:
+            if self.lanes is not None:
+                self.lanes.close()
             self.transport.close()
         report.seconds = time.monotonic() - started
         if self._cancelled() and report.status == "ok":
@@ -236,10 +240,19 @@ class Fetcher:
                                validator=validator if resume else None,
                                headers=self._auth(row.url))
 
-        for outcome in self.transport.run(downloads(), cancel=self.cancel):
+        for outcome in self._engine(jobs).run(downloads(), cancel=self.cancel):
             yield from self._adopt(adopted, report)
             yield by_key.pop(outcome.key), outcome  # type: ignore[call-overload]
         yield from self._adopt(adopted, report)
+
+    def _engine(self, jobs: list[_Job]) -> Transport | Lanes:
+        """The transport, or lanes of it when the products are big (see `mirror.fetch.lanes`)."""
+        count = lanes_for((job.row.estimated_size for job in jobs), self.transport)
+        if count == 1:
+            return self.transport
+        if self.lanes is None:
+            self.lanes = Lanes(self.transport, count)
+        return self.lanes
 
     @staticmethod
     def _adopt(adopted: list[_Job],

@@ -121,7 +121,12 @@ class Transport:
                  low_speed_time: float = 30, low_speed_limit: int = 1, fsync: bool = True,
                  user_agent: str = "mirror/0.1", chunk_hint: int = 2 << 20) -> None:
         self.concurrency = max(1, concurrency)
+        self.per_host = max(1, per_host)
         self.fsync = fsync
+        self._settings: dict[str, Any] = dict(  # what a sibling is made with
+            connect_timeout=connect_timeout, low_speed_time=low_speed_time,
+            low_speed_limit=low_speed_limit, fsync=fsync, user_agent=user_agent,
+            chunk_hint=chunk_hint)
         self._opts: list[tuple[int, Any]] = [
             (pycurl.NOSIGNAL, 1), (pycurl.FOLLOWLOCATION, 1), (pycurl.MAXREDIRS, 5),
             (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),
@@ -132,12 +137,10 @@ class Transport:
             (pycurl.LOW_SPEED_TIME, max(1, round(low_speed_time))),
             (pycurl.USERAGENT, user_agent), (pycurl.BUFFERSIZE, chunk_hint)]
         self._multi = pycurl.CurlMulti()
-        for opt, value in ((pycurl.M_MAX_TOTAL_CONNECTIONS, self.concurrency),
-                           (pycurl.M_MAX_HOST_CONNECTIONS, max(1, per_host)),
-                           (pycurl.M_MAXCONNECTS, self.concurrency), (pycurl.M_PIPELINING, 0),
-                           (pycurl.M_SOCKETFUNCTION, self._on_socket),
+        for opt, value in ((pycurl.M_PIPELINING, 0), (pycurl.M_SOCKETFUNCTION, self._on_socket),
                            (pycurl.M_TIMERFUNCTION, self._on_timer)):
             self._multi.setopt(opt, value)
+        self.limit(self.concurrency, self.per_host)
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._epoll = select.epoll()
         self._watched: dict[int, int] = {}
@@ -154,6 +157,18 @@ class Transport:
         self._from_sealer = -1
 
     # -- public ---------------------------------------------------------------------------------
+
+    def limit(self, concurrency: int, per_host: int) -> None:
+        """At most `concurrency` transfers at once, `per_host` to one host (between runs)."""
+        self.concurrency, self.per_host = max(1, concurrency), max(1, per_host)
+        for opt, value in ((pycurl.M_MAX_TOTAL_CONNECTIONS, self.concurrency),
+                           (pycurl.M_MAX_HOST_CONNECTIONS, self.per_host),
+                           (pycurl.M_MAXCONNECTS, self.concurrency)):
+            self._multi.setopt(opt, value)
+
+    def sibling(self) -> Transport:
+        """A new Transport with this one's settings (and its own loop, handles and sealer)."""
+        return Transport(concurrency=self.concurrency, per_host=self.per_host, **self._settings)
 
     def start(self) -> None:
         """Start the hashing process now (the first `run` does otherwise): its ~30 ms of
