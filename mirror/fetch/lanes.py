@@ -37,15 +37,14 @@ def lanes_for(sizes: Iterable[int | None], transport: Transport) -> int:
 
 
 class Lanes:
-    """`first` and siblings of it, `count` in all, behind Transport's `run`; `close` closes the
-    siblings (the caller owns `first`), `run` restores `first`'s limits when it ends."""
+    """`first` and siblings of it, `count` in all, behind Transport's `run`: each run shares
+    `first`'s limits out among them and gives `first` its own back when it ends. `close` closes
+    the siblings (the caller owns `first`)."""
 
     def __init__(self, first: Transport, count: int) -> None:
         self.first = first
         self.limits = (first.concurrency, first.per_host)
         self.transports = [first, *(first.sibling() for _ in range(count - 1))]
-        for i, t in enumerate(self.transports):
-            t.limit(*(_share(n, count, i) for n in self.limits))
         for t in self.transports[1:]:
             t.start()  # their sealers start while the first lane's jobs are prepared
 
@@ -75,6 +74,8 @@ class Lanes:
             finally:
                 results.put(done)
 
+        for i, t in enumerate(self.transports):  # shared out for this run
+            t.limit(*(_share(n, len(self.transports), i) for n in self.limits))
         threads = [threading.Thread(target=drive, args=(t,), name=f"mirror-lane-{i}",
                                     daemon=True) for i, t in enumerate(self.transports)]
         for thread in threads:
