@@ -110,6 +110,21 @@ def _requeue_duckdb(conn: sa.Connection, source: str, cols: tuple[str, ...],
             "AND products.role = v.role", (now, now, source))
 
 
+def path_owners(conn: sa.Connection, paths: set[str]) -> dict[str, tuple[str, str]]:
+    """(source, product_id) of the product queued or stored at each of `paths` that has one:
+    a selection checks the paths it renders against these, not against every stored path (a
+    million of them on each of a daemon's fetches)."""
+    if not paths:
+        return {}
+    if conn.dialect.name != "duckdb":
+        return {r.path: (r.source, r.product_id) for r in conn.execute(
+            sa.select(products.c.path, products.c.source, products.c.product_id).where(
+                products.c.path.in_(paths)))}
+    with arrow_view(conn, "_paths", pa.table({"path": pa.array(list(paths), pa.string())})):
+        return {path: (source, pid) for path, source, pid in conn.exec_driver_sql(
+            "SELECT p.path, p.source, p.product_id FROM products p JOIN _paths USING (path)")}
+
+
 def _known(conn: sa.Connection, source: str, ids: set[str]) -> set[tuple[str, str]]:
     """(product_id, role) of the queued products among `ids`; on DuckDB the ids go in as one
     Arrow column joined to the queue (an IN list of 2,000 bound values costs 6x as much)."""

@@ -12,7 +12,6 @@ import sqlglot
 from sqlglot import exp
 
 from mirror.catalogue import products
-from mirror.catalogue.models import products as products_table
 from mirror.config import Config, SourceConfig
 from mirror.errors import ConfigError
 from mirror.fetch.datalink import is_datalink
@@ -64,11 +63,10 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
         raise ConfigError(f"source {src.name!r}: fetch_where failed on the mirrored rows: "
                           f"{str(exc.orig).splitlines()[0]}",
                           "use the column names of ivoa.obscore (`mirror status`)") from exc
-    taken = _paths_in_use(conn)
     budget = src.max_total_gb * 1024 ** 3 or float("inf")
     used = sum(size for state, (n, size) in products.counts(conn).get(src.name, {}).items()
                if state in ("done", "pending")) if src.max_total_gb else 0
-    rows: list[dict[str, Any]] = []
+    planned: list[tuple[Any, str | None, str | None, float, str]] = []
     for cand in chosen:
         est = (cand.row.get("access_estsize") or 0) * 1024
         if src.max_file_mb and est > src.max_file_mb * 1024 ** 2:
@@ -79,7 +77,11 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
             continue
         used += est
         url, fmt = cand.row.get("access_url"), cand.row.get("access_format")
-        rel = render_text(config.layout, cand.row, extension(fmt, url))
+        planned.append((cand, url, fmt, est, render_text(config.layout, cand.row,
+                                                         extension(fmt, url))))
+    taken = products.path_owners(conn, {rel for *_, rel in planned})
+    rows: list[dict[str, Any]] = []
+    for cand, url, fmt, est, rel in planned:
         owner = taken.get(rel)
         if owner is not None and owner != (src.name, cand.product_id):
             sel.errors.append(f"{cand.product_id}: its store path {rel} is already used by "
@@ -94,11 +96,4 @@ def select(conn: sa.Connection, config: Config, src: SourceConfig, *,
 
 
 _USED = {"access_url", "access_format", "access_estsize"}  # what select reads besides the layout
-
-
-def _paths_in_use(conn: sa.Connection) -> dict[str, tuple[str, str]]:
-    table = products_table
-    return {r.path: (r.source, r.product_id) for r in conn.execute(
-        sa.select(table.c.path, table.c.source, table.c.product_id).where(
-            table.c.path.is_not(None)))}
 
