@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from mirror.catalogue import tap_schema_views
-from mirror.catalogue.engine import raw, utcnow
+from mirror.catalogue.engine import arrow_view, raw, utcnow
 from mirror.catalogue.models import source_columns
 from mirror.catalogue.types import ColumnSpec, load_expression, local_type
 from mirror.errors import SyncError
@@ -159,16 +159,13 @@ def page_healpix(specs: Sequence[ColumnSpec], page: pa.Table) -> pa.Array:
 def stage_page(conn: sa.Connection, specs: Sequence[ColumnSpec], page: pa.Table) -> int:
     """Load a parsed CSV page into the temp table `_page`, typed, with a row hash and `_hpx`
     (computed here, on the Arrow page, so the catalogue never needs a HEALPix function)."""
-    duck = raw(conn)
-    duck.register("_arrow_page", page.append_column(HPX_COLUMN, page_healpix(specs, page)))
-    try:
-        exprs = ", ".join(f"{load_expression(s, q(s.name))} AS {q(s.name)}" for s in specs)
-        hashed = ", ".join(q(s.name) for s in specs)
+    exprs = ", ".join(f"{load_expression(s, q(s.name))} AS {q(s.name)}" for s in specs)
+    hashed = ", ".join(q(s.name) for s in specs)
+    with arrow_view(conn, "_arrow_page",
+                    page.append_column(HPX_COLUMN, page_healpix(specs, page))):
         conn.exec_driver_sql(
             f"CREATE OR REPLACE TEMP TABLE _page AS SELECT *, hash({hashed}) AS _row_hash "
             f"FROM (SELECT {exprs}, {HPX_COLUMN} FROM _arrow_page)")
-    finally:
-        duck.unregister("_arrow_page")
     return page.num_rows
 
 
@@ -176,17 +173,14 @@ def append_page(conn: sa.Connection, source: str, specs: Sequence[ColumnSpec], p
                 run_id: int) -> int:
     """Insert a parsed page as new rows, straight from Arrow (the first sync of a source: no
     row can exist yet, so nothing needs comparing)."""
-    duck = raw(conn)
-    duck.register("_arrow_page", page.append_column(HPX_COLUMN, page_healpix(specs, page)))
-    try:
-        cols = ", ".join(q(s.name) for s in specs)
-        exprs = ", ".join(f"{load_expression(s, q(s.name))} AS {q(s.name)}" for s in specs)
+    cols = ", ".join(q(s.name) for s in specs)
+    exprs = ", ".join(f"{load_expression(s, q(s.name))} AS {q(s.name)}" for s in specs)
+    with arrow_view(conn, "_arrow_page",
+                    page.append_column(HPX_COLUMN, page_healpix(specs, page))):
         conn.exec_driver_sql(
             f"INSERT INTO {data_table(source)} ({cols}, {HPX_COLUMN}, _row_hash, _withdrawn_at, "
             f"_run_id, _updated_at) SELECT *, hash({cols}), NULL, ?, ? FROM "
             f"(SELECT {exprs}, {HPX_COLUMN} FROM _arrow_page)", (run_id, utcnow()))
-    finally:
-        duck.unregister("_arrow_page")
     return page.num_rows
 
 
@@ -225,12 +219,8 @@ def apply_page(conn: sa.Connection, source: str, specs: Sequence[ColumnSpec], id
 
 def append_upstream_ids(conn: sa.Connection, ids: pa.Array) -> None:
     """Add a page of the upstream's IDs to the temp table `_upstream_ids`."""
-    duck = raw(conn)
-    duck.register("_arrow_ids", pa.table({"id": ids}))
-    try:
+    with arrow_view(conn, "_arrow_ids", pa.table({"id": ids})):
         conn.exec_driver_sql("INSERT INTO _upstream_ids SELECT id FROM _arrow_ids")
-    finally:
-        duck.unregister("_arrow_ids")
 
 
 def missing_ids(conn: sa.Connection, source: str, id_column: str) -> list[str]:
@@ -254,13 +244,10 @@ def withdraw(conn: sa.Connection, source: str, id_column: str, ids: Sequence[str
     """Mark records withdrawn (never delete them)."""
     if not ids:
         return 0
-    raw(conn).register("_arrow_gone", pa.table({"id": pa.array(ids, pa.string())}))
-    try:
+    with arrow_view(conn, "_arrow_gone", pa.table({"id": pa.array(ids, pa.string())})):
         conn.exec_driver_sql(
             f"UPDATE {data_table(source)} SET _withdrawn_at = ? WHERE _withdrawn_at IS NULL "
             f"AND {q(id_column)} IN (SELECT id FROM _arrow_gone)", (when,))
-    finally:
-        raw(conn).unregister("_arrow_gone")
     return len(ids)
 
 
@@ -311,16 +298,12 @@ def _add_healpix(conn: sa.Connection, source: str, columns: Sequence[str]) -> bo
     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {HPX_COLUMN} BIGINT")
     by_lower = {c.lower(): c for c in columns}
     if "s_ra" in by_lower and "s_dec" in by_lower:
-        duck = raw(conn)
-        pos = duck.sql(f"SELECT rowid AS rid, {q(by_lower['s_ra'])} AS ra, "
-                       f"{q(by_lower['s_dec'])} AS dec FROM {table}").to_arrow_table()
-        duck.register("_arrow_hpx", pa.table({"rid": pos["rid"],
-                                              "hpx": healpix_index(pos["ra"], pos["dec"])}))
-        try:
+        pos = raw(conn).sql(f"SELECT rowid AS rid, {q(by_lower['s_ra'])} AS ra, "
+                            f"{q(by_lower['s_dec'])} AS dec FROM {table}").to_arrow_table()
+        hpx = pa.table({"rid": pos["rid"], "hpx": healpix_index(pos["ra"], pos["dec"])})
+        with arrow_view(conn, "_arrow_hpx", hpx):
             conn.exec_driver_sql(f"UPDATE {table} SET {HPX_COLUMN} = h.hpx FROM _arrow_hpx h "
                                  f"WHERE {table}.rowid = h.rid")
-        finally:
-            duck.unregister("_arrow_hpx")
     return True
 
 
