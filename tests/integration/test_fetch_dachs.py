@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from mirror import Mirror
+from mirror.fetch import lanes as fetch_lanes
 
 from .test_harvest_dachs import make_config
 
@@ -51,7 +52,19 @@ def release_dates(db: Path) -> dict[str, datetime]:
         con.close()
 
 
-def test_fetch_stores_every_product_byte_identical_and_embargoes_the_rest(upstream, tmp_path):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_fetch_stores_every_product_byte_identical_and_embargoes_the_rest(upstream, tmp_path,
+                                                                         lanes, monkeypatch):
+    if lanes == 2:  # the upstream's products are small: two network loops only when forced
+        monkeypatch.setattr(fetch_lanes, "BIG", 1)
+    made: list[int] = []
+    real = fetch_lanes.Lanes.__init__
+
+    def spy(self: fetch_lanes.Lanes, first: object, count: int) -> None:
+        made.append(count)
+        real(self, first, count)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fetch_lanes.Lanes, "__init__", spy)
     cfg = make_config(tmp_path, upstream)
     with Mirror.open(cfg) as m:
         assert m.sync()[0].status == "ok"
@@ -73,6 +86,7 @@ def test_fetch_stores_every_product_byte_identical_and_embargoes_the_rest(upstre
         assert stored.resolve().is_relative_to(store.resolve())
         assert sha(stored) == r["sha256"] == upstream_sha(r["url"])
     assert not [p for p in store.rglob("*") if p.name.endswith(".part")]
+    assert made == ([2] if lanes == 2 else [])
 
 
 def test_modified_products_are_fetched_again_and_withdrawn_ones_kept(upstream, evolve, tmp_path):
