@@ -13,7 +13,12 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -614,6 +619,43 @@ def test_a_partial_without_a_recorded_validator_is_downloaded_again_never_splice
     for i in (1, 2):  # nothing vouches for the partial: it is not resumed
         assert "range" not in rig.srv.requests(rig.path(i))[1].headers
     assert not rig.partials()
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_ctrl_c_in_a_terminal_stops_the_cli_fetch_cleanly_and_the_next_one_resumes(
+        rig_factory, lanes):
+    """A terminal's Ctrl-C goes to the whole foreground process group: the fetch winds down
+    (exit 130, no traceback) with its sealers still alive to answer, never killed with it."""
+    rig = rig_factory(n=3)
+    for i in (1, 2):  # mid-body when Ctrl-C comes
+        rig.srv.script(rig.path(i), Step("stall", cut=CUT, delay=30), ok())
+    env = {**os.environ, "MIRROR_TEST_LANES_BIG": "1" if lanes == 2 else ""}
+    proc = subprocess.Popen([sys.executable, "-c", _CLI_WITH_LANES, "--config",
+                             str(rig.config), "fetch"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while len(rig.partials()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert len(rig.partials()) >= 2, "both stalled products were mid-body"
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output and "sealer" not in output
+    report = rig.fetch()
+    assert (report.status, report.failed) == ("ok", 0), report
+    rig.assert_done(1, 2, 3)
+    assert not rig.partials()
+
+
+# the CLI, with "big" products starting at MIRROR_TEST_LANES_BIG bytes when that is set
+_CLI_WITH_LANES = """
+import os, sys
+from mirror.fetch import lanes
+if os.environ.get("MIRROR_TEST_LANES_BIG"):
+    lanes.BIG = int(os.environ["MIRROR_TEST_LANES_BIG"])
+from mirror.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 # -- 7. mirror verify ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -447,3 +449,18 @@ def test_a_sealer_that_dies_is_a_store_error_with_a_hint_not_a_crash(srv, transp
         list(results)
     assert "sealer" in info.value.message and "signal 9" in info.value.message
     assert info.value.hint and "again" in info.value.hint
+
+
+def test_the_sealer_ends_quietly_when_its_parent_is_gone(tmp_path):
+    """After a kill -9 of the fetch nobody reads the sealer's answers: it ends without a
+    traceback on the terminal they share."""
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", _sealer.__file__, "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.close()  # the parent's end of the answers, gone as with the parent
+    proc.stdin.write(f"O\t1\t{os.fsencode(path).hex()}\nE\t1\n".encode())
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None and proc.stderr.read() == b""

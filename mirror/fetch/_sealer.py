@@ -210,5 +210,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # the parent is gone (killed): nobody is left to answer
+        pass
     os._exit(0)  # every answer is written (unbuffered fd 1): skip the interpreter's teardown

@@ -174,9 +174,11 @@ class Transport:
         """Start the hashing process now (the first `run` does otherwise): its ~30 ms of
         start-up then overlap whatever the caller does before downloading."""
         if self._sealer is None:
+            # a process group of its own: a Ctrl-C in the terminal reaches this process, which
+            # winds the transfers down with the sealer's help, and not the sealer itself
             self._sealer = subprocess.Popen(
                 [sys.executable, "-I", "-S", SEALER, str(int(self.fsync))],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, process_group=0)
             self._from_sealer = self._sealer.stdout.fileno()  # type: ignore[union-attr]
             try:  # room for thousands of lines while the sealer hashes a long stretch
                 fcntl.fcntl(self._sealer.stdin.fileno(),  # type: ignore[union-attr]
