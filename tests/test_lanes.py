@@ -61,7 +61,7 @@ def test_two_lanes_only_for_big_products_and_room_to_share(monkeypatch, first):
     first.limit(16, 1)  # one connection per host: nothing to share out
     assert lanes_for([4 * BIG], first) == 1
     first.limit(16, 8)
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # one core allowed
     assert lanes_for([4 * BIG], first) == 1
 
 

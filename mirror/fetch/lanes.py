@@ -30,7 +30,7 @@ BIG = 2 << 20  # median estimated size (bytes) from which a pass runs on LANES l
 
 def lanes_for(sizes: Iterable[int | None], transport: Transport) -> int:
     """How many lanes suit products of these estimated sizes (None: unknown) on `transport`."""
-    if (os.cpu_count() or 1) < 2 or transport.per_host < 2 or transport.concurrency < 2:
+    if _cores() < 2 or transport.per_host < 2 or transport.concurrency < 2:
         return 1
     known = [s for s in sizes if s]
     return LANES if known and statistics.median(known) >= BIG else 1
@@ -118,6 +118,14 @@ class _Stop:
 class _Failed:
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _share(total: int, count: int, i: int) -> int:
