@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from mirror.fetch.transport import Download, Outcome, Transport
+from mirror.fetch.transport import Download, Flag, Outcome, Transport
 
 LANES = 2  # as measured on 2 cores; more lanes than cores only contend
 BIG = 2 << 20  # median estimated size (bytes) from which a pass runs on LANES loops
@@ -49,7 +49,7 @@ class Lanes:
             t.start()  # their sealers start while the first lane's jobs are prepared
 
     def run(self, jobs: Iterable[Download],
-            cancel: threading.Event | None = None) -> Iterator[Outcome]:
+            cancel: Flag | None = None) -> Iterator[Outcome]:
         """As `Transport.run`, the jobs pulled by whichever lane has room. When the consumer
         stops early or a lane fails, the other lanes abandon their transfers (as on cancel)."""
         source, lock = iter(jobs), threading.Lock()
@@ -67,7 +67,7 @@ class Lanes:
 
         def drive(t: Transport) -> None:
             try:
-                for outcome in t.run(pull(), cancel=stop):  # type: ignore[arg-type]
+                for outcome in t.run(pull(), cancel=stop):
                     results.put(outcome)
             except BaseException as exc:  # noqa: BLE001 (re-raised in the consumer)
                 results.put(_Failed(exc))
@@ -104,7 +104,7 @@ class Lanes:
 class _Stop:
     """Set by the caller's cancel event or by `set` (the consumer left, a lane failed)."""
 
-    def __init__(self, cancel: threading.Event | None) -> None:
+    def __init__(self, cancel: Flag | None) -> None:
         self.cancel = cancel
         self.own = threading.Event()
 

@@ -23,14 +23,13 @@ import os
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pycurl
 
@@ -49,6 +48,12 @@ _EPOLL_TO_CURL = ((select.EPOLLIN, pycurl.CSELECT_IN), (select.EPOLLOUT, pycurl.
                   (select.EPOLLERR | select.EPOLLHUP, pycurl.CSELECT_ERR))
 _CURL_TO_EPOLL = {pycurl.POLL_IN: select.EPOLLIN, pycurl.POLL_OUT: select.EPOLLOUT,
                   pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT}
+
+
+class Flag(Protocol):
+    """What `run` reads a stop request from: a `threading.Event`, or anything with `is_set`."""
+
+    def is_set(self) -> bool: ...
 
 
 @dataclass
@@ -189,7 +194,7 @@ class Transport:
             self._epoll.register(self._from_sealer, select.EPOLLIN)
 
     def run(self, jobs: Iterable[Download],
-            cancel: threading.Event | None = None) -> Iterator[Outcome]:
+            cancel: Flag | None = None) -> Iterator[Outcome]:
         """Download all jobs concurrently (at most `concurrency` at once, at most `per_host` per
         host), yielding each Outcome as soon as its transfer ends. Jobs are pulled lazily.
         When `cancel` is set, transfers in flight are abandoned (checked at least once a second):
