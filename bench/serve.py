@@ -72,14 +72,9 @@ def client(args: tuple[str, int, list[str], float]) -> tuple[list[float], list[b
         time.sleep(0.001)
     times, bodies = [], []
     for q in queries:
-        path = "/sync?" + urllib.parse.urlencode({"REQUEST": "doQuery", "LANG": "ADQL",
-                                                   "QUERY": q})
-        t0 = time.perf_counter()
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        times.append((time.perf_counter() - t0) * 1000)
-        assert response.status == 200, body[:300]
+        ms, status, body = sync_get(conn, q)
+        assert status == 200, body[:300]
+        times.append(ms)
         bodies.append(body)
     end = time.time()
     conn.close()
@@ -92,14 +87,19 @@ def paired_client(pipe: Any, host: str, port: int) -> None:
     conn = http.client.HTTPConnection(host, port, timeout=60)
     conn.connect()
     while (q := pipe.recv()) is not None:
-        path = "/sync?" + urllib.parse.urlencode({"REQUEST": "doQuery", "LANG": "ADQL",
-                                                   "QUERY": q})
-        t0 = time.perf_counter()
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-        pipe.send(((time.perf_counter() - t0) * 1000, response.status, body))
+        pipe.send(sync_get(conn, q))
     conn.close()
+
+
+def sync_get(conn: http.client.HTTPConnection, query: str) -> tuple[float, int, bytes]:
+    """`GET /sync` of `query` on `conn`: latency (ms), status and body."""
+    path = "/sync?" + urllib.parse.urlencode({"REQUEST": "doQuery", "LANG": "ADQL",
+                                               "QUERY": query})
+    t0 = time.perf_counter()
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    return (time.perf_counter() - t0) * 1000, response.status, body
 
 
 def rows_in(body: bytes) -> int:

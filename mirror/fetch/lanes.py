@@ -70,7 +70,7 @@ class Lanes:
                 for outcome in t.run(pull(), cancel=stop):
                     results.put(outcome)
             except BaseException as exc:  # noqa: BLE001 (re-raised in the consumer)
-                results.put(_Failed(exc))
+                results.put(exc)
             finally:
                 results.put(done)
 
@@ -86,8 +86,8 @@ class Lanes:
                 item = results.get()
                 if item is done:
                     running -= 1
-                elif isinstance(item, _Failed):
-                    raise item.error
+                elif isinstance(item, BaseException):  # a lane failed
+                    raise item
                 else:
                     yield item
         finally:
@@ -113,11 +113,6 @@ class _Stop:
 
     def set(self) -> None:
         self.own.set()
-
-
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
 
 
 def _cores() -> int:
